@@ -1,0 +1,38 @@
+# backflip — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Benchmarks: -count 3 gives benchstat something to compare.
+BENCH ?= .
+BENCH_COUNT ?= 3
+
+.PHONY: build test bench lint run clean
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# make test: vet, then every test under the race detector against a real
+# etcd (embedded) and a real Postgres (a throwaway cluster from the local
+# binaries, installed with apt when missing and running as root).
+test:
+	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
+	set -x; \
+	$(GO) vet ./... && \
+	BACKFLIP_PG_BIN="$$pgbin" $(GO) test -race -count=1 -timeout 9m ./...
+
+# make bench: the performance figures (see README). Writes bench.txt.
+bench:
+	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
+	BACKFLIP_PG_BIN="$$pgbin" $(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -count $(BENCH_COUNT) -timeout 30m ./... | tee bench.txt
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# make run: the whole system on this machine, state in .backflip/.
+run:
+	$(GO) run ./cmd/backflip dev
+
+clean:
+	rm -rf bin/ .backflip/ bench.txt

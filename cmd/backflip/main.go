@@ -1,0 +1,146 @@
+// Command backflip is the backflip bot. This file only wires: the work is
+// in the packages it calls.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"os/user"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/backflip-dev/backflip/internal/config"
+	"github.com/backflip-dev/backflip/internal/devstack"
+	"go.uber.org/zap"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(Main{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.LookupEnv}.Run(ctx, os.Args[1:]))
+}
+
+// Main is the program with its outside world injected, so tests can run it.
+type Main struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	Getenv         func(string) (string, bool)
+}
+
+const usage = `usage: backflip <command> [flags]
+
+commands:
+  dev       run the whole system on this machine (embedded etcd, simulated routers, terminal)
+  version   print the version`
+
+// Run runs one subcommand and returns the process exit code: 0 done, 1
+// failed, 2 bad usage.
+func (m Main) Run(ctx context.Context, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintln(m.Stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "dev":
+		err = m.dev(ctx, args[1:])
+	case "version":
+		fmt.Fprintln(m.Stdout, version())
+	case "help", "-h", "--help":
+		fmt.Fprintln(m.Stdout, usage)
+	default:
+		fmt.Fprintf(m.Stderr, "backflip: unknown command %q\n%s\n", args[0], usage)
+		return 2
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(m.Stderr, "backflip: %v\n", err)
+		return 2
+	default:
+		fmt.Fprintf(m.Stderr, "backflip: %v\n", err)
+		return 1
+	}
+}
+
+type usageError struct{ error }
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return "backflip " + bi.Main.Version
+	}
+	return "backflip (devel)"
+}
+
+func (m Main) dev(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	stateDir := fs.String("state-dir", ".backflip", "folder that holds all state")
+	routers := fs.Int("routers", 4, "number of simulated inference routers")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("dev takes no arguments, got %q", fs.Args())}
+	}
+	if *routers < 1 || *routers > 1000 {
+		return usageError{fmt.Errorf("--routers wants 1 to 1000, got %d", *routers)}
+	}
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return err
+	}
+	// The dev stack logs for a person at a terminal unless told otherwise.
+	if _, set := m.Getenv("BACKFLIP_LOG_FORMAT"); !set {
+		cfg.Log.Format = "console"
+	}
+	if _, set := m.Getenv("BACKFLIP_LOG_LEVEL"); !set {
+		cfg.Log.Level = "warn"
+	}
+	log, err := config.NewLoggerTo(m.Stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	stack, err := devstack.Start(ctx, devstack.Config{
+		StateDir: *stateDir,
+		Routers:  *routers,
+		Prefix:   cfg.Etcd.Prefix,
+		Actor:    actor(),
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+	fmt.Fprintf(m.Stdout, `backflip dev is running.
+  etcd (embedded)     %s   data in %s
+  routers             %d simulated routers on the reader library, registered under %s/routers/
+Try:
+  status
+  rollback chat-70b latency spike after v42
+  promote embed-small v8 new embedding model
+Ctrl-C or "quit" stops everything.
+`, stack.Endpoint(), *stateDir, *routers, cfg.Etcd.Prefix)
+	err = stack.Serve(ctx, m.Stdin, m.Stdout)
+	log.Info("stopping", zap.Error(err))
+	return err
+}
+
+// actor names the person at the terminal the way backflipctl will.
+func actor() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return "cli:" + name + "@" + host
+}

@@ -1,0 +1,11 @@
+// Package devstack is what `backflip dev` (and so `make run`) starts on one
+// machine: an embedded etcd, simulated inference routers that embed the real
+// reader library, and a terminal where an operator promotes and rolls back
+// routes through the real routing store and watches the routers converge.
+//
+// It is the embedded default, not production: it must not be imported by
+// anything but cmd/backflip, must not need a network, a Slack workspace or an
+// external etcd, and must leave nothing running when its context ends. Until
+// the commands and bot packages exist, its terminal verbs are a thin layer
+// over fleet/routing; they will be replaced by the chat grammar.
+package devstack

@@ -1,0 +1,235 @@
+package devstack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/google/uuid"
+)
+
+const usage = `commands:
+  status [<route>]                                  routes, versions, epochs and router convergence
+  promote <route> <version> [--expect-rev N] <reason ...>
+  rollback <route> [--to <version>] [--expect-rev N] <reason ...>
+  help                                              this text
+  quit                                              stop everything`
+
+// maxLine bounds one terminal line; longer input is refused, not truncated.
+const maxLine = 4096
+
+// Serve reads commands from in until it ends or ctx is done, and answers on out.
+func (s *Stack) Serve(ctx context.Context, in io.Reader, out io.Writer) error {
+	lines := make(chan string)
+	scanErr := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, 0, maxLine), maxLine)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+		scanErr <- sc.Err()
+	}()
+	prompt := func() { fmt.Fprint(out, "backflip> ") }
+	prompt()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(out)
+			return nil
+		case err := <-scanErr:
+			fmt.Fprintln(out)
+			if errors.Is(err, bufio.ErrTooLong) {
+				return fmt.Errorf("input line longer than %d bytes", maxLine)
+			}
+			return err
+		case line := <-lines:
+			if quit := s.exec(ctx, strings.TrimSpace(line), out); quit {
+				return nil
+			}
+			prompt()
+		}
+	}
+}
+
+// exec runs one command line. It reports whether the user asked to quit.
+func (s *Stack) exec(ctx context.Context, line string, out io.Writer) bool {
+	args := strings.Fields(line)
+	if len(args) == 0 {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var err error
+	switch args[0] {
+	case "quit", "exit":
+		return true
+	case "help", "?":
+		fmt.Fprintln(out, usage)
+	case "status":
+		err = s.status(cctx, args[1:], out)
+	case "promote":
+		err = s.change(cctx, routing.KindPromote, args[1:], out)
+	case "rollback":
+		err = s.change(cctx, routing.KindRollback, args[1:], out)
+	default:
+		err = fmt.Errorf("unknown command %q", args[0])
+	}
+	if err != nil {
+		fmt.Fprintf(out, "error: %v\n", err)
+		var bad badInput
+		if errors.As(err, &bad) || strings.HasPrefix(err.Error(), "unknown command") {
+			fmt.Fprintln(out, usage)
+		}
+	}
+	return false
+}
+
+type badInput struct{ msg string }
+
+func (b badInput) Error() string { return b.msg }
+
+func (s *Stack) status(ctx context.Context, args []string, out io.Writer) error {
+	if len(args) > 1 {
+		return badInput{"status takes at most one route"}
+	}
+	entries, malformed, rev, err := s.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUTE\tACTIVE\tPREVIOUS\tEPOCH\tLAST CHANGE\tBY\tROUTERS")
+	shown := 0
+	for _, e := range entries {
+		c := e.Config
+		if len(args) == 1 && c.Route != args[0] {
+			continue
+		}
+		shown++
+		n, _ := s.converged(c.Route, c.Epoch, 0)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s %s ago\t%s\t%d/%d\n", c.Route, c.Active, dash(c.Previous), c.Epoch,
+			c.Kind, s.cfg.Now().Sub(c.At).Round(time.Second), c.Actor, n, len(s.routers))
+	}
+	tw.Flush()
+	if len(args) == 1 && shown == 0 {
+		return fmt.Errorf("route %q not found", args[0])
+	}
+	for _, m := range malformed {
+		fmt.Fprintf(out, "warning: %v\n", m)
+	}
+	fmt.Fprintf(out, "etcd %s at revision %d\n", s.etcd.Endpoint(), rev)
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// change parses and runs promote or rollback.
+func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, out io.Writer) error {
+	var route, to string
+	var expect int64
+	var words []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--to" || a == "--expect-rev":
+			if i+1 >= len(args) {
+				return badInput{a + " needs a value"}
+			}
+			i++
+			if a == "--to" {
+				if kind == routing.KindPromote {
+					return badInput{"promote takes the version as its second word, not --to"}
+				}
+				to = args[i]
+			} else {
+				n, err := strconv.ParseInt(args[i], 10, 64)
+				if err != nil || n <= 0 {
+					return badInput{fmt.Sprintf("--expect-rev wants a positive revision, got %q", args[i])}
+				}
+				expect = n
+			}
+		case strings.HasPrefix(a, "--"):
+			return badInput{fmt.Sprintf("unknown flag %s", a)}
+		case route == "":
+			route = a
+		case kind == routing.KindPromote && to == "":
+			to = a
+		default:
+			words = append(words, a)
+		}
+	}
+	if route == "" {
+		return badInput{fmt.Sprintf("%s needs a route", kind)}
+	}
+	if err := routing.ValidateRoute(route); err != nil {
+		return badInput{err.Error()}
+	}
+	if kind == routing.KindPromote && to == "" {
+		return badInput{"promote needs a version"}
+	}
+	reason := strings.Join(words, " ")
+	if reason == "" {
+		return badInput{"a reason is required"}
+	}
+	if to != "" {
+		if err := routing.ValidateVersion(to); err != nil {
+			return badInput{err.Error()}
+		}
+	}
+
+	start := time.Now()
+	cur, err := s.store.Get(ctx, route)
+	if err != nil {
+		return err
+	}
+	if expect == 0 {
+		// At the terminal the operator sees the route as it is now.
+		expect = cur.ModRevision
+	}
+	if kind == routing.KindRollback && to == "" {
+		if cur.Config.Kind == routing.KindRollback {
+			return fmt.Errorf("%s was rolled back from %s by %s %s ago; to undo, use --to %s",
+				route, cur.Config.From, cur.Config.Actor, s.cfg.Now().Sub(cur.Config.At).Round(time.Second), cur.Config.From)
+		}
+		if cur.Config.Previous == "" {
+			return fmt.Errorf("%s has no previous version to roll back to", route)
+		}
+		to = cur.Config.Previous
+	}
+	flipStart := time.Now()
+	res, err := s.store.Flip(ctx, routing.Change{Route: route, Kind: kind, To: to, ExpectRev: expect,
+		Op: uuid.NewString(), Reason: reason, Actor: s.cfg.Actor})
+	if err != nil {
+		return err
+	}
+	flipDone := time.Now()
+	n, last := s.converged(route, res.Config.Epoch, 5*time.Second)
+	routers := "timed out"
+	if !last.IsZero() {
+		routers = ms(last.Sub(flipStart))
+	}
+	verb := "promoted"
+	if kind == routing.KindRollback {
+		verb = "rolled back"
+	}
+	fmt.Fprintf(out, "%s %s %s → %s in %s · flip %s (rev %d) · routers %s (%d/%d)\n",
+		route, verb, res.Config.From, res.Config.Active, ms(time.Since(start)), ms(flipDone.Sub(flipStart)),
+		res.Revision, routers, n, len(s.routers))
+	return nil
+}
