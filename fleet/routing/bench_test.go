@@ -208,6 +208,7 @@ func benchFanout(b *testing.B, topo fanout) {
 	time.Sleep(time.Second)
 
 	var rawLat, rdrLat []time.Duration
+	var rawRev int64 // ModRevision of the raw key: 0 until the first put creates it
 	wait := func(c *convergence, what string) time.Time {
 		select {
 		case t := <-c.done:
@@ -222,11 +223,12 @@ func benchFanout(b *testing.B, topo fanout) {
 		// Raw: one guarded Txn with one put, as light as a flip can be.
 		raw.arm(int64(i))
 		start := time.Now()
-		_, err := writer.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(rawPrefix+"/routes/r"), ">=", 0)).
+		resp, err := writer.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(rawPrefix+"/routes/r"), "=", rawRev)).
 			Then(clientv3.OpPut(rawPrefix+"/routes/r", strconv.Itoa(i))).Commit()
-		if err != nil {
-			b.Fatal(err)
+		if err != nil || !resp.Succeeded {
+			b.Fatalf("raw flip: %v", err)
 		}
+		rawRev = resp.Header.Revision
 		rawLat = append(rawLat, wait(raw, "raw").Sub(start))
 
 		rdr.arm(f.cur.Config.Epoch + 1)

@@ -124,23 +124,35 @@ func (c *RouteConfig) Encode() ([]byte, error) {
 // key, and a value whose route field disagrees with its key is refused. A
 // value that fails here is never applied, not even in part.
 func DecodeRouteConfig(key string, value []byte, wantRoute string) (RouteConfig, error) {
-	var c RouteConfig
 	if len(value) > maxValueLen {
-		return c, &MalformedError{Key: key, Err: fmt.Errorf("value is %d bytes, at most %d allowed", len(value), maxValueLen)}
+		return RouteConfig{}, &MalformedError{Key: key, Err: fmt.Errorf("value is %d bytes, at most %d allowed", len(value), maxValueLen)}
 	}
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return RouteConfig{}, &MalformedError{Key: key, Err: err}
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return RouteConfig{}, &MalformedError{Key: key, Err: errors.New("trailing data after the JSON object")}
+	c, ok := decodeFast(value)
+	if !ok {
+		var err error
+		if c, err = decodeStrict(value); err != nil {
+			return RouteConfig{}, &MalformedError{Key: key, Err: err}
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return RouteConfig{}, &MalformedError{Key: key, Err: err}
 	}
 	if wantRoute != "" && c.Route != wantRoute {
 		return RouteConfig{}, &MalformedError{Key: key, Err: fmt.Errorf("route field %q does not match the key", c.Route)}
+	}
+	return c, nil
+}
+
+// decodeStrict is encoding/json with unknown fields and trailing data refused.
+func decodeStrict(value []byte) (RouteConfig, error) {
+	var c RouteConfig
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return RouteConfig{}, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return RouteConfig{}, errors.New("trailing data after the JSON object")
 	}
 	return c, nil
 }

@@ -178,3 +178,48 @@ func TestParsePinFile(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecodeFastAgrees: whatever the fast decoder accepts, the strict
+// encoding/json decoder accepts too and decodes to the same config.
+func FuzzDecodeFastAgrees(f *testing.F) {
+	f.Add([]byte(validConfigJSON()))
+	f.Add([]byte(`{"route":"a","epoch":-0}`))
+	f.Add([]byte(` { "epoch" : 12 , "at" : "2026-01-02T03:04:05.123456789+02:00" } `))
+	f.Add([]byte(`{"route":"a","route":"b"}`))
+	f.Add([]byte(`{"epoch":01}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := decodeFast(data)
+		if !ok {
+			return
+		}
+		slow, err := decodeStrict(data)
+		if err != nil {
+			t.Fatalf("fast accepted what encoding/json refuses (%v): %q", err, data)
+		}
+		if !fast.At.Equal(slow.At) || fast.At.Location().String() != slow.At.Location().String() {
+			t.Fatalf("at differs: %v vs %v", fast.At, slow.At)
+		}
+		fast.At = slow.At
+		if fast != slow {
+			t.Fatalf("decoded differently:\nfast %+v\nslow %+v\ninput %q", fast, slow, data)
+		}
+	})
+}
+
+func TestDecodeFastTakesTheStoredShape(t *testing.T) {
+	c := RouteConfig{Route: "chat-70b", Active: "v41", Previous: "v42", Kind: KindRollback, From: "v42", Epoch: 7,
+		Op: "op-1", Reason: "latency spike after v42", Actor: "U1", At: time.Now().UTC()}
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := decodeFast(b)
+	if !ok || !got.At.Equal(c.At) {
+		t.Fatalf("fast path refused what Encode writes: %s", b)
+	}
+	got.At = c.At
+	if got != c {
+		t.Fatalf("fast path: %+v, want %+v", got, c)
+	}
+}

@@ -530,6 +530,12 @@ func (w *Watcher) watch(ctx context.Context, rev int64, attempt int) {
 				w.log.Warn("routing reader: watch silent, reconnecting", zap.Duration("silence", silence))
 				return
 			}
+			if silence < w.cfg.ProgressInterval {
+				// Heard recently (a change, or progress another reader on the
+				// same gRPC stream asked for: etcd sends it to every watch of
+				// the stream). Asking again would multiply that traffic.
+				continue
+			}
 			pctx, pcancel := context.WithTimeout(wctx, w.cfg.ProgressInterval)
 			if err := w.cfg.Client.RequestProgress(pctx); err != nil && ctx.Err() == nil {
 				w.log.Debug("routing reader: progress request failed", zap.Error(err))
@@ -545,7 +551,8 @@ func (w *Watcher) applyEvents(evs []*clientv3.Event) {
 	w.mu.Lock()
 	t := *w.table.Load()
 	var newTable routeTable // copy-on-write when routes are added or removed
-	var changed []View
+	var buf [4]View         // a watch response rarely carries more changes
+	changed := buf[:0]
 	for _, ev := range evs {
 		key := string(ev.Kv.Key)
 		name, ok := w.keys.routeFromKey(key)

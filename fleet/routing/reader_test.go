@@ -77,7 +77,8 @@ func (f *flipper) flip() Result {
 		kind = KindPromote
 	}
 	res, err := f.s.Flip(testCtx(f.tb), Change{Route: f.cur.Config.Route, Kind: kind, To: fmt.Sprintf("v%d", next),
-		ExpectRev: f.cur.Revision, Op: fmt.Sprintf("op-%d", next), Actor: "flipper"})
+		ExpectRev: f.cur.Revision, Seen: &Entry{Config: f.cur.Config, ModRevision: f.cur.Revision},
+		Op: fmt.Sprintf("op-%d", next), Actor: "flipper"})
 	if err != nil {
 		f.tb.Fatalf("flip to epoch %d: %v", next, err)
 	}

@@ -100,6 +100,12 @@ type Change struct {
 	// ExpectRev is the route key's ModRevision the operator saw. Zero means
 	// the route must not exist yet (only a promote may create a route).
 	ExpectRev int64
+	// Seen, if set, is the entry the caller read with Get; ExpectRev must
+	// equal its ModRevision. Flip then computes the new config from it
+	// instead of reading the route again, so the flip is one round trip;
+	// the transaction's revision guard still refuses it if the route has
+	// moved since.
+	Seen *Entry
 	// Op is the id of the operation making the change; it is recorded in the
 	// config and lets a re-read recognise the caller's own write.
 	Op     string
@@ -151,7 +157,9 @@ func (s *Store) Flip(ctx context.Context, ch Change) (Result, error) {
 	key := s.keys.Route(ch.Route)
 	var prev RouteConfig
 	exists := ch.ExpectRev != 0
-	if exists {
+	if ch.Seen != nil {
+		prev, exists = ch.Seen.Config, true
+	} else if exists {
 		cur, err := s.Get(ctx, ch.Route)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -228,6 +236,14 @@ func (s *Store) checkChange(ch Change) error {
 	}
 	if ch.ExpectRev < 0 {
 		return fmt.Errorf("%w: expected revision %d is negative", ErrInvalid, ch.ExpectRev)
+	}
+	if ch.Seen != nil {
+		if ch.Seen.ModRevision <= 0 || ch.ExpectRev != ch.Seen.ModRevision {
+			return fmt.Errorf("%w: expected revision %d does not match the entry seen at revision %d", ErrInvalid, ch.ExpectRev, ch.Seen.ModRevision)
+		}
+		if ch.Seen.Config.Route != ch.Route {
+			return fmt.Errorf("%w: entry seen is for route %q, not %q", ErrInvalid, ch.Seen.Config.Route, ch.Route)
+		}
 	}
 	if len(ch.Reason) > MaxReasonLen {
 		return fmt.Errorf("%w: reason is %d bytes, at most %d allowed", ErrInvalid, len(ch.Reason), MaxReasonLen)

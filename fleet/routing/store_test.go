@@ -102,6 +102,22 @@ func TestPromoteAndRollbackSemantics(t *testing.T) {
 			t.Fatalf("got %v, want conflict carrying the current config", err)
 		}
 	})
+	t.Run("SeenEntrySkipsTheReadButNotTheGuard", func(t *testing.T) {
+		stale := Entry{Config: r2.Config, ModRevision: r2.Revision}
+		_, err := s.Flip(ctx, Change{Route: "chat-70b", Kind: KindRollback, To: "v40", ExpectRev: stale.ModRevision, Seen: &stale, Op: "op-stale"})
+		var ce *ConflictError
+		if !errors.As(err, &ce) || ce.Current.Op != "op-rb" {
+			t.Fatalf("flip from a stale seen entry: got %v, want a conflict carrying op-rb", err)
+		}
+		_, err = s.Flip(ctx, Change{Route: "chat-70b", Kind: KindRollback, To: "v40", ExpectRev: r3.Revision + 1, Seen: &Entry{Config: r3.Config, ModRevision: r3.Revision}, Op: "op-mismatch"})
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("seen entry not matching ExpectRev: got %v, want ErrInvalid", err)
+		}
+		_, err = s.Flip(ctx, Change{Route: "other", Kind: KindRollback, To: "v40", ExpectRev: r3.Revision, Seen: &Entry{Config: r3.Config, ModRevision: r3.Revision}, Op: "op-other"})
+		if !errors.Is(err, ErrInvalid) {
+			t.Fatalf("seen entry of another route: got %v, want ErrInvalid", err)
+		}
+	})
 	t.Run("GetMissing", func(t *testing.T) {
 		if _, err := s.Get(ctx, "missing"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("got %v", err)
