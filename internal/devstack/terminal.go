@@ -198,9 +198,11 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 	if err != nil {
 		return err
 	}
-	if expect == 0 {
-		// At the terminal the operator sees the route as it is now.
-		expect = cur.ModRevision
+	var seen *routing.Entry
+	if expect == 0 || expect == cur.ModRevision {
+		// At the terminal the operator sees the route as it is now; the
+		// flip then needs no second read.
+		expect, seen = cur.ModRevision, &cur
 	}
 	if kind == routing.KindRollback && to == "" {
 		if cur.Config.Kind == routing.KindRollback {
@@ -213,7 +215,7 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 		to = cur.Config.Previous
 	}
 	flipStart := time.Now()
-	res, err := s.store.Flip(ctx, routing.Change{Route: route, Kind: kind, To: to, ExpectRev: expect,
+	res, err := s.store.Flip(ctx, routing.Change{Route: route, Kind: kind, To: to, ExpectRev: expect, Seen: seen,
 		Op: uuid.NewString(), Reason: reason, Actor: s.cfg.Actor})
 	if err != nil {
 		return err

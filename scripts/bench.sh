@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# bench.sh runs the performance benchmarks and writes them, with the machine
+# they ran on, to bench.txt (benchstat reads it as is).
+#   BENCH=regexp         which benchmarks (default: all)
+#   BENCH_COUNT=n        runs of each, for benchstat (default 3)
+#   FANOUT_SAMPLES=n     flips measured per fan-out run (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+bench=${BENCH:-.}
+count=${BENCH_COUNT:-3}
+samples=${FANOUT_SAMPLES:-30}
+out=bench.txt
+{
+	echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $($GO version)"
+	echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') × $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+} >"$out"
+# Fan-out benchmarks set up 1000 etcd clients per run, so they take a fixed
+# number of flips rather than letting the testing package scale b.N.
+$GO test -run '^$' -bench "$bench" -skip 'FlipToLastWatcher' -benchmem -count "$count" -timeout 30m ./... | tee -a "$out"
+if [[ "FlipToLastWatcher" =~ $bench || "$bench" == "." ]]; then
+	$GO test -run '^$' -bench 'FlipToLastWatcher' -benchtime "${samples}x" -count "$count" -timeout 30m ./fleet/routing/ | tee -a "$out"
+fi
