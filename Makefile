@@ -32,8 +32,10 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 # make run: the whole system on this machine, state in .backflip/.
+# (built, then run, so Ctrl-C reaches backflip directly and exits cleanly.)
 run:
-	$(GO) run ./cmd/backflip dev
+	@$(GO) build -o bin/backflip ./cmd/backflip
+	@./bin/backflip dev
 
 clean:
 	rm -rf bin/ .backflip/ bench.txt

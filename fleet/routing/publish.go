@@ -34,10 +34,15 @@ func (w *Watcher) observed() map[string]int64 {
 // outage, expiry) it grants a new one and publishes again.
 func (w *Watcher) runPublish(ctx context.Context) {
 	key := w.keys.Router(w.cfg.RouterID)
-	backoff := 100 * time.Millisecond
+	const minBackoff = 100 * time.Millisecond
+	backoff := minBackoff
 	for ctx.Err() == nil {
+		start := time.Now()
 		if !w.publishSession(ctx, key) {
 			return
+		}
+		if time.Since(start) > time.Duration(w.cfg.LeaseTTL)*time.Second {
+			backoff = minBackoff // the session worked for a while: this is a new failure
 		}
 		if !sleep(ctx, jitter(backoff)) {
 			return

@@ -395,7 +395,7 @@ func (w *Watcher) heard(rev int64) {
 // Keeping it a flag read by Valid, rather than a clock read per request,
 // is what keeps the request-boundary check at an atomic load.
 func (w *Watcher) runStaleness(ctx context.Context) {
-	t := time.NewTicker(min(w.cfg.MaxStaleness/10, time.Second))
+	t := time.NewTicker(min(max(w.cfg.MaxStaleness/10, 10*time.Millisecond), time.Second))
 	defer t.Stop()
 	for {
 		select {

@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -76,14 +77,25 @@ func (f *flipper) flip() Result {
 	if next%3 == 0 {
 		kind = KindPromote
 	}
-	res, err := f.s.Flip(testCtx(f.tb), Change{Route: f.cur.Config.Route, Kind: kind, To: fmt.Sprintf("v%d", next),
+	ch := Change{Route: f.cur.Config.Route, Kind: kind, To: fmt.Sprintf("v%d", next),
 		ExpectRev: f.cur.Revision, Seen: &Entry{Config: f.cur.Config, ModRevision: f.cur.Revision},
-		Op: fmt.Sprintf("op-%d", next), Actor: "flipper"})
-	if err != nil {
-		f.tb.Fatalf("flip to epoch %d: %v", next, err)
+		Op: fmt.Sprintf("op-%d", next), Actor: "flipper"}
+	// While a cluster elects a new leader a flip can fail without landing;
+	// retrying the same op is safe (a late landing is recognised as ours).
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		res, err := f.s.Flip(ctx, ch)
+		cancel()
+		if err == nil {
+			f.cur = res
+			return res
+		}
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrInvalid) || time.Now().After(deadline) {
+			f.tb.Fatalf("flip to epoch %d: %v", next, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	f.cur = res
-	return res
 }
 
 func checkWhole(v View) error {
