@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"sort"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -92,16 +91,7 @@ func ParsePinFile(data []byte) (map[string]string, error) {
 // bad keeps the last good pins in force and is reported in Health: a typo
 // during an outage must not silently unpin a router.
 func (w *Watcher) runPins(ctx context.Context) {
-	t := time.NewTicker(w.cfg.PinPollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			w.pollPins()
-		}
-	}
+	every(ctx, w.cfg.PinPollInterval, w.pollPins)
 }
 
 func (w *Watcher) pollPins() {

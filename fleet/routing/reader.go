@@ -395,14 +395,19 @@ func (w *Watcher) heard(rev int64) {
 // Keeping it a flag read by Valid, rather than a clock read per request,
 // is what keeps the request-boundary check at an atomic load.
 func (w *Watcher) runStaleness(ctx context.Context) {
-	t := time.NewTicker(min(max(w.cfg.MaxStaleness/10, 10*time.Millisecond), time.Second))
+	every(ctx, min(max(w.cfg.MaxStaleness/10, 10*time.Millisecond), time.Second), w.checkStale)
+}
+
+// every calls f every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			w.checkStale()
+			f()
 		}
 	}
 }
