@@ -3,7 +3,7 @@
 # they ran on, to bench.txt (benchstat reads it as is).
 #   BENCH=regexp         which benchmarks (default: all)
 #   BENCH_COUNT=n        runs of each, for benchstat (default 3)
-#   FANOUT_SAMPLES=n     flips measured per fan-out run (default 30)
+#   FANOUT_SAMPLES=n     samples per fan-out run (flips, warm checks; default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -15,9 +15,14 @@ out=bench.txt
 	echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $($GO version)"
 	echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') × $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 } >"$out"
-# Fan-out benchmarks set up 1000 etcd clients per run, so they take a fixed
-# number of flips rather than letting the testing package scale b.N.
-$GO test -run '^$' -bench "$bench" -skip 'FlipToLastWatcher' -benchmem -count "$count" -timeout 30m ./... | tee -a "$out"
-if [[ "FlipToLastWatcher" =~ $bench || "$bench" == "." ]]; then
-	$GO test -run '^$' -bench 'FlipToLastWatcher' -benchtime "${samples}x" -count "$count" -timeout 30m ./fleet/routing/ | tee -a "$out"
-fi
+# Fan-out benchmarks set up 1000 etcd clients or 1000 agents per run and
+# report percentiles of their own samples, so they take a fixed number of
+# iterations rather than letting the testing package scale b.N.
+fanout='FlipToLastWatcher|WarmCheck'
+$GO test -run '^$' -bench "$bench" -skip "$fanout" -benchmem -count "$count" -timeout 30m ./... | tee -a "$out"
+for b in FlipToLastWatcher:./fleet/routing/ WarmCheck:./fleet/warm/; do
+	name=${b%%:*} pkg=${b#*:}
+	if [[ "$bench" == "." || "$name" =~ $bench ]]; then
+		$GO test -run '^$' -bench "$name" -benchtime "${samples}x" -count "$count" -timeout 30m "$pkg" | tee -a "$out"
+	fi
+done

@@ -82,7 +82,7 @@ type HTTP struct {
 
 // Timing is the timing and policy of rollbacks and drills.
 type Timing struct {
-	WarmQuorum            float64       `envconfig:"BACKFLIP_WARM_QUORUM" default:"1.0" desc:"share of the target's nodes that must be warm, in (0, 1]; a route's policy overrides it"`
+	WarmQuorum            float64       `envconfig:"BACKFLIP_WARM_QUORUM" default:"1.0" desc:"share of the active version's GPUs that must be warm on the rollback target, in (0, 1]; a route's policy overrides it"`
 	WarmTimeout           time.Duration `envconfig:"BACKFLIP_WARM_TIMEOUT" default:"2s" desc:"budget of the pre-flip warm check fan-out"`
 	WarmMaxAge            time.Duration `envconfig:"BACKFLIP_WARM_MAX_AGE" default:"15s" desc:"oldest warm status an agent may report without a fresh canary"`
 	RouterConvergeTimeout time.Duration `envconfig:"BACKFLIP_ROUTER_CONVERGE_TIMEOUT" default:"5s" desc:"how long to wait for routers to observe a flip"`
