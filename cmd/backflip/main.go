@@ -84,6 +84,7 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	fs.SetOutput(m.Stderr)
 	stateDir := fs.String("state-dir", ".backflip", "folder that holds all state")
 	routers := fs.Int("routers", 4, "number of simulated inference routers")
+	nodes := fs.Int("nodes", 8, "number of simulated GPU nodes (agent + inference servers)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -92,6 +93,9 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	}
 	if *routers < 1 || *routers > 1000 {
 		return usageError{fmt.Errorf("--routers wants 1 to 1000, got %d", *routers)}
+	}
+	if *nodes < 1 || *nodes > 99 {
+		return usageError{fmt.Errorf("--nodes wants 1 to 99, got %d", *nodes)}
 	}
 	cfg, err := config.FromEnv()
 	if err != nil {
@@ -113,6 +117,7 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	stack, err := devstack.Start(ctx, devstack.Config{
 		StateDir: *stateDir,
 		Routers:  *routers,
+		Nodes:    *nodes,
 		Prefix:   cfg.Etcd.Prefix,
 		Actor:    actor(),
 		Logger:   log,
@@ -124,12 +129,15 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	fmt.Fprintf(m.Stdout, `backflip dev is running.
   etcd (embedded)     %s   data in %s
   routers             %d simulated routers on the reader library, registered under %s/routers/
+  fleet               %d simulated GPU nodes: the real agent probing simulated vLLM, Triton, Ollama
+                      and TGI servers; chat-70b v41 is warm, embed-small v6 is not loaded
 Try:
   status
   rollback chat-70b latency spike after v42
-  promote embed-small v8 new embedding model
+  rollback embed-small bad embeddings          (refused: v6 is cold)
+  sim all chat-70b v42 inference-dead          (then: rollback chat-70b --to v42 undo)
 Ctrl-C or "quit" stops everything.
-`, stack.Endpoint(), *stateDir, *routers, cfg.Etcd.Prefix)
+`, stack.Endpoint(), *stateDir, *routers, cfg.Etcd.Prefix, *nodes)
 	err = stack.Serve(ctx, m.Stdin, m.Stdout)
 	log.Info("stopping", zap.Error(err))
 	return err

@@ -57,6 +57,10 @@ func TestDevEndToEnd(t *testing.T) {
 		"promote embed-small v8 again",
 		"rollback ../etc --to v1 hack",
 		"rollback chat-70b",
+		"rollback embed-small bad embeddings",
+		"rollback embed-small --to v6 worse",
+		"rollback embed-small --to v6 --force-cold worse",
+		"sim all chat-70b v41 sideways",
 		"status embed-small",
 		"frobnicate",
 	}, "\n") + "\n"
@@ -67,6 +71,8 @@ func TestDevEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		"chat-70b     v42     v41",
 		"chat-70b rolled back v42 → v41",
+		"warm ",
+		"(8/8 nodes, 32/32 GPUs warm)",
 		"(3/3)",
 		"error: chat-70b was rolled back from v42 by cli:",
 		"to undo, use --to v42",
@@ -75,7 +81,13 @@ func TestDevEndToEnd(t *testing.T) {
 		"error: route embed-small is on v8: route is already on that version",
 		`error: invalid: route name "../etc"`,
 		"error: a reason is required",
-		"embed-small  v8      v7        3",
+		"error: refused: embed-small → v6: NOT warm, 0/8 nodes, 0/8 GPUs warm",
+		"cold        gpu-01 (1 GPUs): GET /info: serving model",
+		"embed-small rolled back v8 → v7",
+		"embed-small rolled back v7 → v6",
+		"warm check skipped (--force-cold)",
+		`error: unknown behaviour "sideways"`,
+		"embed-small  v6      v7        5",
 		`error: unknown command "frobnicate"`,
 	} {
 		if !strings.Contains(out, want) {
@@ -104,6 +116,7 @@ func TestUsageErrors(t *testing.T) {
 		{"UnknownCommand", []string{"frob"}, 2, `unknown command "frob"`},
 		{"BadFlag", []string{"dev", "--nope"}, 2, "flag provided but not defined"},
 		{"TooManyRouters", []string{"dev", "--routers", "0"}, 2, "--routers wants 1 to 1000"},
+		{"TooManyNodes", []string{"dev", "--nodes", "500"}, 2, "--nodes wants 1 to 99"},
 		{"StrayArgument", []string{"dev", "extra"}, 2, "dev takes no arguments"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/backflip-dev/backflip/fleet/fleetapi"
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/embedetcd"
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,6 +28,8 @@ type Config struct {
 	StateDir string
 	// Routers is the number of simulated routers. Default 4.
 	Routers int
+	// Nodes is the number of simulated GPU nodes. Default 8.
+	Nodes int
 	// Prefix is the etcd key prefix. Default "/backflip".
 	Prefix string
 	// Actor names who types at the terminal (e.g. "cli:alice@host").
@@ -42,6 +46,9 @@ func (c *Config) defaults() {
 	}
 	if c.Routers <= 0 {
 		c.Routers = 4
+	}
+	if c.Nodes <= 0 {
+		c.Nodes = 8
 	}
 	if c.Prefix == "" {
 		c.Prefix = "/backflip"
@@ -61,6 +68,8 @@ type Stack struct {
 	client  *clientv3.Client
 	store   *routing.Store
 	routers []*router
+	fleet   *fleet
+	checker *warm.Checker
 	cancel  context.CancelFunc
 	// closeLog closes etcd's log file.
 	closeLog func()
@@ -129,6 +138,16 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		}
 		s.routers = append(s.routers, r)
 	}
+	s.fleet, err = s.startFleet(rctx, cfg.Nodes)
+	if err != nil {
+		return nil, fmt.Errorf("simulated fleet: %w", err)
+	}
+	s.checker, err = warm.NewChecker(warm.Config{KV: s.client, Prefix: cfg.Prefix, AgentToken: s.fleet.token,
+		Timeout: 2 * time.Second, MaxAge: 3 * time.Second, DefaultQuorum: 1.0,
+		Logger: cfg.Logger.Named("warm"), Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
 	for _, r := range s.routers {
@@ -136,7 +155,27 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			return nil, fmt.Errorf("router %s: %w", r.id, err)
 		}
 	}
+	if err := s.waitRegistered(wctx, cfg.Nodes); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// waitRegistered waits until every simulated node has registered, so the
+// first warm check sees the whole fleet.
+func (s *Stack) waitRegistered(ctx context.Context, n int) error {
+	prefix := fleetapi.Keys{Prefix: s.cfg.Prefix}.Nodes()
+	for {
+		resp, err := s.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err == nil && resp.Count >= int64(n) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("simulated nodes did not register: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func newClient(endpoint string) (*clientv3.Client, error) {
@@ -210,6 +249,12 @@ func (s *Stack) Close() {
 	for _, r := range s.routers {
 		r.reader.Close()
 		r.client.Close()
+	}
+	if s.fleet != nil {
+		s.fleet.close()
+	}
+	if s.checker != nil {
+		s.checker.Close()
 	}
 	if s.client != nil {
 		s.client.Close()

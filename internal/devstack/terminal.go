@@ -12,13 +12,17 @@ import (
 	"time"
 
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/fleet/warm"
+	"github.com/backflip-dev/backflip/internal/sim"
 	"github.com/google/uuid"
 )
 
 const usage = `commands:
   status [<route>]                                  routes, versions, epochs and router convergence
   promote <route> <version> [--expect-rev N] <reason ...>
-  rollback <route> [--to <version>] [--expect-rev N] <reason ...>
+  rollback <route> [--to <version>] [--force-cold] [--expect-rev N] <reason ...>
+  sim <node|all> <route> <version> <warm|loading|unloaded|inference-dead|slow|hang>
+                                                    make simulated inference servers misbehave
   help                                              this text
   quit                                              stop everything`
 
@@ -83,6 +87,8 @@ func (s *Stack) exec(ctx context.Context, line string, out io.Writer) bool {
 		err = s.change(cctx, routing.KindPromote, args[1:], out)
 	case "rollback":
 		err = s.change(cctx, routing.KindRollback, args[1:], out)
+	case "sim":
+		err = s.simCmd(args[1:], out)
 	default:
 		err = fmt.Errorf("unknown command %q", args[0])
 	}
@@ -144,9 +150,12 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 	var route, to string
 	var expect int64
 	var words []string
+	forceCold := false
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		switch {
+		case a == "--force-cold" && kind == routing.KindRollback:
+			forceCold = true
 		case a == "--to" || a == "--expect-rev":
 			if i+1 >= len(args) {
 				return badInput{a + " needs a value"}
@@ -214,6 +223,19 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 		}
 		to = cur.Config.Previous
 	}
+	// A rollback is only a routing change if its target is warm; a
+	// promotion is a deployment step and is not checked here.
+	warmNote := "warm check skipped (--force-cold)"
+	if kind == routing.KindRollback && !forceCold {
+		rep, err := s.checker.Check(ctx, route, to)
+		if err != nil {
+			if errors.Is(err, warm.ErrTargetNotWarm) {
+				return fmt.Errorf("refused: %s\n(after fixing the target, roll back again; --force-cold overrides)", rep.String())
+			}
+			return fmt.Errorf("warm check: %w", err)
+		}
+		warmNote = fmt.Sprintf("warm %s (%s)", ms(rep.Duration), rep.Summary())
+	}
 	flipStart := time.Now()
 	res, err := s.store.Flip(ctx, routing.Change{Route: route, Kind: kind, To: to, ExpectRev: expect, Seen: seen,
 		Op: uuid.NewString(), Reason: reason, Actor: s.cfg.Actor})
@@ -226,12 +248,34 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 	if !last.IsZero() {
 		routers = ms(last.Sub(flipStart))
 	}
-	verb := "promoted"
+	verb, phases := "promoted", ""
 	if kind == routing.KindRollback {
-		verb = "rolled back"
+		verb, phases = "rolled back", warmNote+" · "
 	}
-	fmt.Fprintf(out, "%s %s %s → %s in %s · flip %s (rev %d) · routers %s (%d/%d)\n",
-		route, verb, res.Config.From, res.Config.Active, ms(time.Since(start)), ms(flipDone.Sub(flipStart)),
+	fmt.Fprintf(out, "%s %s %s → %s in %s · %sflip %s (rev %d) · routers %s (%d/%d)\n",
+		route, verb, res.Config.From, res.Config.Active, ms(time.Since(start)), phases, ms(flipDone.Sub(flipStart)),
 		res.Revision, routers, n, len(s.routers))
+	return nil
+}
+
+// simCmd changes how simulated inference servers behave, to see a warm
+// check refuse a rollback.
+func (s *Stack) simCmd(args []string, out io.Writer) error {
+	if len(args) != 4 {
+		return badInput{"sim needs a node (or all), a route, a version and a behaviour"}
+	}
+	b, err := sim.ParseBehavior(args[3])
+	if err != nil {
+		return badInput{err.Error()}
+	}
+	var delay time.Duration
+	if b == sim.Slow {
+		delay = 2 * time.Second // over the 800 ms canary budget
+	}
+	n, err := s.fleet.setBehavior(args[0], args[1], args[2], b, delay)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%s %s now %s on %d node(s); agents notice within about a second\n", args[1], args[2], b, n)
 	return nil
 }
