@@ -31,6 +31,9 @@ type Store struct {
 
 // NewStore returns a Store over kv with keys under prefix.
 func NewStore(kv KV, prefix string, log *zap.Logger) *Store {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	return &Store{kv: kv, keys: Keyspace{Prefix: prefix}, log: log, Now: time.Now, RereadTimeout: 3 * time.Second}
 }
 
