@@ -13,17 +13,21 @@ import (
 //     server that lists its running models is serving);
 //   - loaded: /api/ps lists the model by name (or model), with a digest
 //     starting with model_version when that is set, resident in GPU memory
-//     (size_vram > 0) and not about to be unloaded (expires_at in the
-//     future);
+//     (size_vram > 0) and not about to be unloaded (expires_at after the
+//     canary's deadline, canarySlack budgets from now);
 //   - warm:   POST /api/generate, not streamed, num_predict 1, answers
 //     done with a response within the budget.
 //
 // The canary runs only for a resident model: Ollama answers a generate
 // for any pulled model by loading it, so probing a cold one would warm it
 // up — the probe must observe residency, not cause it. For the same
-// reason the request carries no keep_alive. (Ollama then applies its
-// default keep-alive, OLLAMA_KEEP_ALIVE, to the model's expiry, as any
-// client request does.)
+// reason the request carries no keep_alive: a request with one would
+// overwrite the session duration the model was loaded with. Without one,
+// Ollama keeps that session duration but, as for any request, restarts
+// the expiry timer when the canary ends (expires_at = end + session
+// duration). A model probed every interval therefore does not reach an
+// idle expiry while the agent probes it: a known limit of judging an
+// Ollama model warm by a canary.
 type ollamaProber struct{ httpProbe }
 
 var _ Prober = (*ollamaProber)(nil)
@@ -108,8 +112,17 @@ func (p *ollamaProber) checkResident(step string, m ollamaRunning) error {
 	if err != nil {
 		return stepErr(step, err, "model %q: bad expires_at %q", p.cfg.Model, clipLine(m.ExpiresAt))
 	}
-	if now := p.wallNow(); !exp.After(now) {
+	now := p.wallNow()
+	if !exp.After(now) {
 		return stepErr(step, nil, "model %q keep-alive expired at %s", p.cfg.Model, exp.Format(time.RFC3339))
+	}
+	// A canary that reaches Ollama after the model expired would load it
+	// again: the probe would cause the residency it is meant to observe.
+	// So a model whose keep-alive ends before the canary's own deadline is
+	// not probed, and not warm: it is about to leave GPU memory anyway.
+	if window := canarySlack * time.Duration(p.cfg.Budget); exp.Before(now.Add(window)) {
+		return stepErr(step, nil, "model %q keep-alive ends at %s, within the canary's %s; canary not sent (it would reload the model)",
+			p.cfg.Model, exp.Format(time.RFC3339Nano), window)
 	}
 	return nil
 }

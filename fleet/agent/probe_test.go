@@ -504,6 +504,10 @@ func TestProbeOllamaResidency(t *testing.T) {
 		{name: "SHAPrefix", model: "mistral", version: "sha256:2AE6F6DD", now: now},
 		{name: "OtherTag", model: "mistral:7b", now: now, want: []string{`model "mistral:7b" not resident`, `"mistral:latest"`}},
 		{name: "Expired", model: "mistral", now: now.Add(time.Hour), want: []string{"keep-alive expired at 2024-06-04T14:38:31-07:00"}},
+		// Expiring before the canary could finish: a generate arriving
+		// after the expiry would load the model again, so none is sent.
+		{name: "ExpiresDuringCanary", model: "mistral", now: time.Date(2024, 6, 4, 14, 38, 31, 737530000, time.FixedZone("PDT", -7*3600)), // 100 ms left
+			want: []string{"keep-alive ends at", "canary not sent"}},
 		{name: "CPUOnly", model: "mistral", now: now, edit: func(m map[string]any) { m["size_vram"] = 0 }, want: []string{"not in GPU memory (size_vram 0)"}},
 		{name: "OtherDigest", model: "mistral", version: "ffff", now: now, want: []string{"has digest 2ae6f6dd7a3d, want ffff"}},
 		{name: "BadExpiry", model: "mistral", now: now, edit: func(m map[string]any) { m["expires_at"] = "soon" }, want: []string{`bad expires_at "soon"`}},

@@ -239,10 +239,14 @@ func Listen(cfg HTTPConfig) (*HTTPServer, error) {
 		Handler:           cfg.Handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(cfg.Logger.Named("http")),
+		// A fresh=1 request may wait up to fresh_timeout (at most
+		// MaxFreshTimeout) for its probe before the reply is written; the
+		// write deadline must outlast that, or the longest allowed wait
+		// ends in a dropped connection instead of an answer.
+		WriteTimeout:   MaxFreshTimeout + 15*time.Second,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       zap.NewStdLog(cfg.Logger.Named("http")),
 	}
 	useTLS := cfg.TLSCertFile != ""
 	if useTLS {

@@ -372,3 +372,18 @@ func TestPlainHTTPServer(t *testing.T) {
 		t.Fatalf("%+v: %v", r, err)
 	}
 }
+
+// TestWriteTimeoutOutlastsFreshWait: a fresh=1 request may legitimately
+// wait up to MaxFreshTimeout before its reply is written, so the server's
+// write deadline must be longer, or the client gets a dropped connection.
+func TestWriteTimeoutOutlastsFreshWait(t *testing.T) {
+	ta := newTestAgent(t)
+	s, err := Listen(HTTPConfig{Addr: "127.0.0.1:0", Handler: ta.Handler(testToken), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.srv.WriteTimeout <= MaxFreshTimeout {
+		t.Fatalf("WriteTimeout %v does not outlast the longest fresh wait (%v)", s.srv.WriteTimeout, MaxFreshTimeout)
+	}
+}
