@@ -14,6 +14,9 @@ build:
 # etcd (embedded) and a real Postgres (a throwaway cluster from the local
 # binaries, installed with apt when missing and running as root).
 test:
+	@if [[ "$$($(GO) env CGO_ENABLED)" != 1 ]]; then \
+		echo "make test: the race detector needs cgo, and cgo a C compiler: install gcc and libc6-dev, or set CC" >&2; exit 1; \
+	fi
 	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
 	set -x; \
 	$(GO) vet ./... && \

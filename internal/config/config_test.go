@@ -298,6 +298,8 @@ func TestFromEnvErrors(t *testing.T) {
 		{"PrefixSpace", map[string]string{"BACKFLIP_ETCD_PREFIX": "/back flip"}, `BACKFLIP_ETCD_PREFIX: must start with "/", not end with "/" and contain no spaces, got "/back flip"`},
 		{"EndpointBadScheme", map[string]string{"BACKFLIP_ETCD_ENDPOINTS": "http://etcd-0:2379,ftp://etcd-1:2379"}, `BACKFLIP_ETCD_ENDPOINTS: expected host:port or a URL with scheme http, https, unix or unixs, got "ftp://etcd-1:2379"`},
 		{"EndpointNoPort", map[string]string{"BACKFLIP_ETCD_ENDPOINTS": "etcd-0"}, `BACKFLIP_ETCD_ENDPOINTS: expected host:port or a URL with scheme http, https, unix or unixs, got "etcd-0"`},
+		{"EndpointWithPasswordNotEchoed", map[string]string{"BACKFLIP_ETCD_ENDPOINTS": "http://root:hunter2@etcd-0:2379"}, `BACKFLIP_ETCD_ENDPOINTS: must not hold user information (value not shown, it may hold a password): set BACKFLIP_ETCD_USERNAME and BACKFLIP_ETCD_PASSWORD instead`},
+		{"EndpointUnparseableWithPasswordNotEchoed", map[string]string{"BACKFLIP_ETCD_ENDPOINTS": "http://root:hunter2@etcd-0:port"}, `BACKFLIP_ETCD_ENDPOINTS: must not hold user information (value not shown, it may hold a password): set BACKFLIP_ETCD_USERNAME and BACKFLIP_ETCD_PASSWORD instead`},
 		{"EndpointNoHost", map[string]string{"BACKFLIP_ETCD_ENDPOINTS": "http://:2379"}, `BACKFLIP_ETCD_ENDPOINTS: expected host:port or a URL with scheme http, https, unix or unixs, got "http://:2379"`},
 		{"SlackModeUnknown", map[string]string{"BACKFLIP_SLACK_MODE": "rtm"}, `BACKFLIP_SLACK_MODE: must be socket or http, got "rtm"`},
 		{"SlackAPIURLNotURL", map[string]string{"BACKFLIP_SLACK_API_URL": "slack.com/api"}, `BACKFLIP_SLACK_API_URL: expected an http or https URL, got "slack.com/api"`},

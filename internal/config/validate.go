@@ -69,6 +69,11 @@ func (c *Config) problems() Errors {
 	var errs Errors
 
 	for _, ep := range c.Etcd.Endpoints {
+		if strings.Contains(ep, "@") {
+			// Not echoed: user information in a URL is usually user:password.
+			errs.add("BACKFLIP_ETCD_ENDPOINTS", "must not hold user information (value not shown, it may hold a password): set BACKFLIP_ETCD_USERNAME and BACKFLIP_ETCD_PASSWORD instead")
+			continue
+		}
 		if !validEndpoint(ep) {
 			errs.add("BACKFLIP_ETCD_ENDPOINTS", "expected host:port or a URL with scheme http, https, unix or unixs, got %q", ep)
 		}

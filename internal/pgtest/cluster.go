@@ -315,13 +315,19 @@ func serverCredential() (*syscall.Credential, error) {
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
+// minShmFree is the free space /dev/shm must have to hold clusters: one takes about 40 MB
+// after initdb and every test database 7 MB more, and several test binaries run at once.
+// Docker gives containers a 64 MB /dev/shm by default, where initdb or a CREATE DATABASE
+// would fail with "No space left on device"; such a /dev/shm is skipped.
+const minShmFree = 512 << 20
+
 // makeBase creates the cluster folder, on /dev/shm when possible (a cluster there starts in
 // about a second), never under t.TempDir (the postgres user cannot enter it, and the testing
 // package would remove it under a running server). Folders left by killed test binaries are
 // removed first.
 func makeBase() (string, error) {
 	var errs []error
-	for _, parent := range []string{"/dev/shm", os.TempDir()} {
+	for _, parent := range baseParents(freeBytes) {
 		sweepStale(parent)
 		dir, err := os.MkdirTemp(parent, dirPattern)
 		if err == nil {
@@ -330,6 +336,28 @@ func makeBase() (string, error) {
 		errs = append(errs, err)
 	}
 	return "", fmt.Errorf("pgtest: create cluster folder: %w", errors.Join(errs...))
+}
+
+// baseParents lists where a cluster folder may go, best first: /dev/shm when it has room
+// (free reports its available bytes), then the temporary folder. A /dev/shm too small for
+// clusters is still swept of stale folders, which is how it would have filled up.
+func baseParents(free func(string) (uint64, error)) []string {
+	const shm = "/dev/shm"
+	if n, err := free(shm); err == nil && n >= minShmFree {
+		return []string{shm, os.TempDir()}
+	} else if err == nil {
+		sweepStale(shm)
+	}
+	return []string{os.TempDir()}
+}
+
+// freeBytes returns the bytes available to us on the file system holding path.
+func freeBytes(path string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, err
+	}
+	return uint64(st.Bavail) * uint64(st.Bsize), nil
 }
 
 // sweepStale removes cluster folders whose owner died without Close (a test timeout panics,

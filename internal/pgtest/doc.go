@@ -1,7 +1,7 @@
 // Package pgtest gives tests a real, throwaway PostgreSQL.
 //
 // A test binary starts one Server from TestMain. By default the Server is a private cluster:
-// initdb into a fresh folder (under /dev/shm when it exists), then `postgres` as a child
+// initdb into a fresh folder (under /dev/shm when it has room), then `postgres` as a child
 // process of the test binary, listening only on a unix socket in that folder, with durability
 // switched off for speed. When BACKFLIP_TEST_DATABASE_URL is set, the Server uses that server
 // instead and starts nothing. Either way, Options.Template runs once against a template

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -258,5 +259,28 @@ func TestWithDatabase(t *testing.T) {
 	}
 	if got, err := pgx.ParseConfig(socketURL("/tmp/a b+c&d=e?f", "5432")); err != nil || got.Host != "/tmp/a b+c&d=e?f" {
 		t.Errorf("socket URL host = %q, %v", got.Host, err)
+	}
+}
+
+// TestBaseParents checks a cluster goes to /dev/shm only when it has room: Docker's default
+// 64 MB /dev/shm cannot hold two clusters, and initdb would fail there for lack of space.
+func TestBaseParents(t *testing.T) {
+	tests := []struct {
+		name string
+		free uint64
+		err  error
+		want []string
+	}{
+		{name: "RoomyShmFirst", free: 24 << 30, want: []string{"/dev/shm", os.TempDir()}},
+		{name: "DockerDefaultShmSkipped", free: 64 << 20, want: []string{os.TempDir()}},
+		{name: "NoShm", err: os.ErrNotExist, want: []string{os.TempDir()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := baseParents(func(string) (uint64, error) { return tt.free, tt.err })
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("baseParents = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }
