@@ -193,7 +193,15 @@ func TestCheckDecision(t *testing.T) {
 func TestCheckBadAgents(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cli := srv.Client(t)
-	const timeout = 750 * time.Millisecond
+	// Only Hung waits for the deadline. Every other case must get its
+	// answers (two agents, three etcd reads, a 2 MiB body for HugeBody)
+	// within it even on a loaded 2-core CI machine under -race, so it has a
+	// deadline far longer than it needs: a short one turns those cases into
+	// "did not answer" flakes.
+	const (
+		hungTimeout = 1500 * time.Millisecond
+		timeout     = 20 * time.Second
+	)
 	for _, tc := range []struct {
 		name   string
 		b      behaviour
@@ -236,18 +244,20 @@ func TestCheckBadAgents(t *testing.T) {
 			serving := map[string]map[string]int{"chat-70b": {"v42": 4, "v41": 4}}
 			f.node("good", good.url(), serving)
 			f.node("bad", badURL, serving)
-			c := f.checker(func(c *Config) { c.Timeout = timeout })
+			limit := timeout
+			if tc.b.mode == "hang" {
+				limit = hungTimeout
+			}
+			c := f.checker(func(c *Config) { c.Timeout = limit })
 
-			start := time.Now()
+			// The hung agent answers only when its request is cancelled, and
+			// the test's context lasts a minute: a refusal (rather than
+			// that context's error) is the proof that the check's own
+			// deadline ended the wait. Latency figures are
+			// BenchmarkWarmCheck's job, not a wall-clock assert's.
 			rep, err := c.Check(testCtx(t), "chat-70b", "v41")
-			took := time.Since(start)
 			if !errors.Is(err, ErrTargetNotWarm) {
 				t.Fatalf("err = %v, want ErrTargetNotWarm\n%s", err, rep.String())
-			}
-			// Generous: the point is "bounded by the deadline", not a
-			// latency figure (that is BenchmarkWarmCheck's job).
-			if took > timeout+time.Second {
-				t.Errorf("check took %s with a %s timeout", took, timeout)
 			}
 			n, ok := nodeByName(rep, "bad")
 			if !ok || n.State != tc.state || !strings.Contains(n.Reason, tc.reason) {
@@ -296,7 +306,13 @@ func TestCheckStaleObservations(t *testing.T) {
 			f.route("chat-70b", "v42", "v41")
 			a := startAgent(t, "n1", tc.b)
 			f.node("n1", a.url(), map[string]map[string]int{"chat-70b": {"v42": 4, "v41": 4}})
-			c := f.checker(func(c *Config) { c.MaxAge = 15 * time.Second; c.Timeout = 600 * time.Millisecond })
+			// Only the hanging fresh probe waits for the deadline; the other
+			// cases must finish within it on a loaded machine.
+			limit := 20 * time.Second
+			if tc.b.freshHang {
+				limit = 1500 * time.Millisecond
+			}
+			c := f.checker(func(c *Config) { c.MaxAge = 15 * time.Second; c.Timeout = limit })
 			rep, _ := c.Check(testCtx(t), "chat-70b", "v41")
 			n, _ := nodeByName(rep, "n1")
 			if n.State != tc.state || !strings.Contains(n.Reason, tc.reason) || n.WarmGPUs != tc.warmGPUs {
@@ -432,12 +448,11 @@ func TestCheckWorkerPool(t *testing.T) {
 			{name: "n2", active: 1, target: 1, agent: warmB(1)},
 			{name: "n3", active: 1, target: 1, agent: warmB(1)},
 		})
-		const timeout = 400 * time.Millisecond
-		start := time.Now()
+		// Long enough for the etcd reads on a loaded machine; the hung
+		// agent holds the only worker until it passes. A refusal rather
+		// than the test context's error shows the deadline ended the check.
+		const timeout = 1500 * time.Millisecond
 		rep, err := f.checker(func(c *Config) { c.Workers = 1; c.Timeout = timeout }).Check(testCtx(t), "chat-70b", "v41")
-		if took := time.Since(start); took > timeout+time.Second {
-			t.Errorf("took %s with a %s timeout", took, timeout)
-		}
 		if !errors.Is(err, ErrTargetNotWarm) || rep.TargetNodes != 3 {
 			t.Fatalf("%v\n%s", err, rep.String())
 		}

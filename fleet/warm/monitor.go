@@ -274,7 +274,7 @@ func (m *Monitor) Tick(ctx context.Context) error {
 			continue
 		}
 		live[e.Config.Route] = true
-		m.checkRoute(ctx, e.Config, states[e.Config.Route])
+		m.checkRoute(ctx, e, states[e.Config.Route])
 	}
 	for route, st := range states {
 		if !live[route] {
@@ -285,8 +285,8 @@ func (m *Monitor) Tick(ctx context.Context) error {
 }
 
 // checkRoute checks one route's rollback target and records a change.
-func (m *Monitor) checkRoute(ctx context.Context, cfg routing.RouteConfig, prev stored) {
-	route, target := cfg.Route, cfg.Previous
+func (m *Monitor) checkRoute(ctx context.Context, entry routing.Entry, prev stored) {
+	route, target := entry.Config.Route, entry.Config.Previous
 	rep, err := m.cfg.Checker.Check(ctx, route, target)
 	var nw *NotWarmError
 	state := keepWarm
@@ -317,7 +317,7 @@ func (m *Monitor) checkRoute(ctx context.Context, cfg routing.RouteConfig, prev 
 	// Otherwise the target is warm on first sight (or is a new target):
 	// the state is recorded without an event, so that a later cold is news.
 	next := KeepState{Route: route, Target: target, State: state, Since: now, Summary: rep.Summary(), Reason: rep.Reason}
-	rev, ok := m.write(ctx, m.keys.WarmKeep(route), prev.modRev, next)
+	rev, ok := m.write(ctx, m.keys.WarmKeep(route), prev.modRev, m.store.Keys().Route(route), entry.ModRevision, next)
 	if !ok || ev == nil {
 		return
 	}
@@ -327,22 +327,28 @@ func (m *Monitor) checkRoute(ctx context.Context, cfg routing.RouteConfig, prev 
 	m.cfg.Emit(*ev)
 }
 
-// write stores next at key if the key is still at seenRev (0: absent). It
-// reports the revision written and whether this call's write is the one that
-// landed: only then may the caller emit.
-func (m *Monitor) write(ctx context.Context, key string, seenRev int64, next KeepState) (int64, bool) {
+// write stores next at key if the key is still at seenRev (0: absent) and
+// the route's config is still at routeRev, the revision its rollback target
+// was read at: a flip during the check (up to WARM_TIMEOUT) makes the result
+// about a target that is no longer the rollback target, or judged against
+// another active version, and it must be neither stored nor emitted; the
+// next pass checks the new target. It reports the revision written and
+// whether this call's write is the one that landed: only then may the
+// caller emit.
+func (m *Monitor) write(ctx context.Context, key string, seenRev int64, routeKey string, routeRev int64, next KeepState) (int64, bool) {
 	val, err := json.Marshal(next)
 	if err != nil {
 		m.log.Error("warm-keep: encode state", zap.Error(err))
 		return 0, false
 	}
 	resp, err := m.cfg.KV.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", seenRev)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", seenRev),
+			clientv3.Compare(clientv3.ModRevision(routeKey), "=", routeRev)).
 		Then(clientv3.OpPut(key, string(val))).
 		Commit()
 	if err == nil {
 		if !resp.Succeeded {
-			m.log.Debug("warm-keep: another replica recorded the change first", zap.String("key", key))
+			m.log.Debug("warm-keep: another replica recorded the change first, or the route changed during the check", zap.String("key", key))
 		}
 		return resp.Header.Revision, resp.Succeeded
 	}

@@ -351,3 +351,55 @@ func TestDecodeKeepState(t *testing.T) {
 		})
 	}
 }
+
+// flipDuringCheck is a WarmChecker that promotes the route (so its rollback
+// target changes) while the check of the old target runs, and judges that
+// old target cold.
+type flipDuringCheck struct {
+	f  *fleet
+	to string
+	n  atomic.Int32
+}
+
+func (c *flipDuringCheck) Check(ctx context.Context, route, target string) (Report, error) {
+	if c.n.Add(1) == 1 {
+		entry, err := c.f.store.Get(ctx, route)
+		if err != nil {
+			return Report{}, err
+		}
+		if _, err := c.f.store.Promote(ctx, routing.Change{Route: route, To: c.to, ExpectRev: entry.ModRevision,
+			Op: "op-promote-during-check", Actor: "t", Reason: "t"}); err != nil {
+			return Report{}, err
+		}
+	}
+	rep := Report{Route: route, Target: target, Active: "v42", Reason: "4 GPUs short of the quorum"}
+	return rep, &NotWarmError{Report: rep}
+}
+
+// TestMonitorRouteFlippedDuringCheck: a flip while the rollback target is
+// being checked makes that check's result about a version that is no longer
+// the target: it is neither stored nor emitted, and the next pass checks
+// the new target.
+func TestMonitorRouteFlippedDuringCheck(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	f := newFleet(t, cli)
+	f.route("chat-70b", "v42", "v41")
+	ev := &events{}
+	chk := &flipDuringCheck{f: f, to: "v43"}
+	m, err := NewMonitor(MonitorConfig{Checker: chk, KV: cli, Prefix: f.prefix, Logger: zap.NewNop(), Emit: ev.emit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustTick(t, m)
+	if got := ev.take(); len(got) != 0 {
+		t.Fatalf("a check of the old target v41, which a promote replaced during the check, emitted %v", statesOf(got))
+	}
+	if s, ok := f.keepState("chat-70b"); ok {
+		t.Fatalf("stored a state about the old target: %+v", s)
+	}
+	mustTick(t, m)
+	if e := wantEvents(t, ev, EventCold)[0]; e.Target != "v42" {
+		t.Fatalf("the next pass reported %s, want the new target v42", e.Target)
+	}
+}
