@@ -15,12 +15,12 @@ out=bench.txt
 	echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $($GO version)"
 	echo "# cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') × $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
 } >"$out"
-# Fan-out benchmarks set up 1000 etcd clients or 1000 agents per run and
+# Fan-out benchmarks set up 1000 etcd clients, 1000 agents or 50 runtimes per run and
 # report percentiles of their own samples, so they take a fixed number of
 # iterations rather than letting the testing package scale b.N.
-fanout='FlipToLastWatcher|WarmCheck'
+fanout='FlipToLastWatcher|WarmCheck|FlipToAllAcks'
 $GO test -run '^$' -bench "$bench" -skip "$fanout" -benchmem -count "$count" -timeout 30m ./... | tee -a "$out"
-for b in FlipToLastWatcher:./fleet/routing/ WarmCheck:./fleet/warm/; do
+for b in FlipToLastWatcher:./fleet/routing/ WarmCheck:./fleet/warm/ FlipToAllAcks:./fleet/runtime/; do
 	name=${b%%:*} pkg=${b#*:}
 	if [[ "$bench" == "." || "$name" =~ $bench ]]; then
 		$GO test -run '^$' -bench "$name" -benchtime "${samples}x" -count "$count" -timeout 30m "$pkg" | tee -a "$out"
