@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -111,7 +112,7 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("%w: affected_requests is negative", ErrInvalid)
 	}
 	for phase, ms := range e.Timings {
-		if phase == "" || len(phase) > 64 || ms < 0 || ms != ms {
+		if phase == "" || len(phase) > 64 || ms < 0 || math.IsNaN(ms) || math.IsInf(ms, 0) {
 			return fmt.Errorf("%w: timing %q = %v", ErrInvalid, phase, ms)
 		}
 	}
