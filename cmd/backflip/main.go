@@ -14,8 +14,10 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/backflip-dev/backflip/audit"
 	"github.com/backflip-dev/backflip/internal/config"
 	"github.com/backflip-dev/backflip/internal/devstack"
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 )
 
@@ -36,6 +38,7 @@ const usage = `usage: backflip <command> [flags]
 
 commands:
   dev       run the whole system on this machine (embedded etcd, simulated routers, terminal)
+  migrate   apply the audit schema to BACKFLIP_DATABASE_URL (connect as the owning role)
   version   print the version`
 
 // Run runs one subcommand and returns the process exit code: 0 done, 1
@@ -49,6 +52,8 @@ func (m Main) Run(ctx context.Context, args []string) int {
 	switch args[0] {
 	case "dev":
 		err = m.dev(ctx, args[1:])
+	case "migrate":
+		err = m.migrate(ctx, args[1:])
 	case "version":
 		fmt.Fprintln(m.Stdout, version())
 	case "help", "-h", "--help":
@@ -151,4 +156,48 @@ func actor() string {
 	}
 	host, _ := os.Hostname()
 	return "cli:" + name + "@" + host
+}
+
+// migrate applies the audit schema. It connects as whoever
+// BACKFLIP_DATABASE_URL names, which must be the role that owns the audit
+// tables (and may create the backflip_runtime role, unless it exists); the
+// bot itself connects as a role granted backflip_runtime.
+func (m Main) migrate(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("migrate takes no arguments, got %q", fs.Args())}
+	}
+	cfg, err := config.FromEnv()
+	if err != nil {
+		return usageError{err}
+	}
+	if !cfg.Postgres.URL.IsSet() {
+		return usageError{&config.VarError{Var: "BACKFLIP_DATABASE_URL", Problem: "required by migrate: the postgres:// URL of the audit database, as its owning role"}}
+	}
+	// Parsed, never formatted; and pgx's parse error would quote the URL,
+	// password included when its redaction guesses wrong, so it is not shown.
+	connCfg, err := pgx.ParseConfig(cfg.Postgres.URL.Reveal())
+	if err != nil {
+		return usageError{&config.VarError{Var: "BACKFLIP_DATABASE_URL", Problem: "cannot be parsed as a Postgres connection URL"}}
+	}
+	conn, err := pgx.ConnectConfig(ctx, connCfg)
+	if err != nil {
+		return fmt.Errorf("connect to the audit database: %w", err)
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	applied, err := audit.Migrate(ctx, conn)
+	for _, v := range applied {
+		fmt.Fprintf(m.Stdout, "applied migration %04d\n", v)
+	}
+	if err != nil {
+		return fmt.Errorf("migrate the audit schema: %w", err)
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(m.Stdout, "audit schema is up to date")
+	}
+	return nil
 }
