@@ -1,17 +1,16 @@
 package audit
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/internal/strictjson"
 	"github.com/google/uuid"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -152,13 +151,8 @@ func DecodeEvent(value []byte) (Event, error) {
 	if len(value) > MaxValue {
 		return e, fmt.Errorf("%w: value is %d bytes, at most %d allowed", ErrInvalid, len(value), MaxValue)
 	}
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&e); err != nil {
+	if err := strictjson.Decode(value, &e); err != nil {
 		return Event{}, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Event{}, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	if err := e.Validate(); err != nil {
 		return Event{}, err

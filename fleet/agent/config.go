@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/backflip-dev/backflip/fleet/fleetapi"
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // Limits and defaults of the agent's config file.
@@ -106,13 +105,8 @@ func ParseConfig(r io.Reader) (*FileConfig, error) {
 		return nil, fmt.Errorf("file is larger than %d bytes", MaxConfigBytes)
 	}
 	var c FileConfig
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := strictjson.Decode(data, &c); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errors.New("decode: trailing data after the JSON object")
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err

@@ -1,8 +1,6 @@
 package fleetapi
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +9,7 @@ import (
 	"time"
 
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // Limits on what is read from a peer.
@@ -110,7 +109,7 @@ func DecodeNodeRecord(k Keys, key string, value []byte) (NodeRecord, error) {
 	if len(value) > MaxRecordBytes {
 		return n, fmt.Errorf("%w: %s: record is %d bytes, at most %d allowed", ErrInvalid, key, len(value), MaxRecordBytes)
 	}
-	if err := decodeStrict(bytes.NewReader(value), &n); err != nil {
+	if err := strictjson.Decode(value, &n); err != nil {
 		return NodeRecord{}, fmt.Errorf("%w: %s: %v", ErrInvalid, key, err)
 	}
 	if n.Node != name {
@@ -233,21 +232,8 @@ func decodeCapped(r io.Reader, v any) error {
 	if len(data) > MaxReplyBytes {
 		return fmt.Errorf("%w: reply larger than %d bytes", ErrInvalid, MaxReplyBytes)
 	}
-	if err := decodeStrict(bytes.NewReader(data), v); err != nil {
+	if err := strictjson.Decode(data, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	return nil
-}
-
-// decodeStrict refuses unknown fields and trailing data.
-func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("trailing data after the JSON object")
 	}
 	return nil
 }

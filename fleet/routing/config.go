@@ -1,13 +1,12 @@
 package routing
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
+
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // Kind says what kind of change produced a route's current config.
@@ -146,13 +145,8 @@ func DecodeRouteConfig(key string, value []byte, wantRoute string) (RouteConfig,
 // decodeStrict is encoding/json with unknown fields and trailing data refused.
 func decodeStrict(value []byte) (RouteConfig, error) {
 	var c RouteConfig
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	if err := strictjson.Decode(value, &c); err != nil {
 		return RouteConfig{}, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return RouteConfig{}, errors.New("trailing data after the JSON object")
 	}
 	return c, nil
 }

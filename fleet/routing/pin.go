@@ -3,7 +3,6 @@ package routing
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,8 @@ import (
 	"sort"
 
 	"go.uber.org/zap"
+
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // PinFile is the break-glass file (BACKFLIP_PIN_FILE) an operator writes on a
@@ -65,13 +66,8 @@ func ParsePinFile(data []byte) (map[string]string, error) {
 		return nil, fmt.Errorf("%w: pin file is larger than %d bytes", ErrInvalid, maxPinFileLen)
 	}
 	var pf PinFile
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&pf); err != nil {
+	if err := strictjson.Decode(data, &pf); err != nil {
 		return nil, fmt.Errorf("%w: %v (expected {\"reason\":\"...\",\"routes\":{\"<route>\":\"<version>\"}})", ErrInvalid, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	if len(pf.Routes) == 0 {
 		return nil, fmt.Errorf("%w: pin file names no routes (delete the file to unpin)", ErrInvalid)

@@ -1,11 +1,9 @@
 package runtime
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // HTTP protocol names of the contract.
@@ -256,13 +255,8 @@ func Decode(data []byte, v interface{ Validate() error }) error {
 	if len(data) > MaxBodyBytes {
 		return fmt.Errorf("%w: larger than %d bytes", ErrInvalid, MaxBodyBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := strictjson.Decode(data, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%w: trailing data after the JSON object", ErrInvalid)
 	}
 	return v.Validate()
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/internal/strictjson"
 )
 
 // AuditKindColdTarget is the audit event kind of a warm-keep alert.
@@ -61,13 +61,8 @@ func DecodeKeepState(key string, value []byte, route string) (KeepState, error) 
 	if len(value) > maxKeepStateBytes {
 		return s, &routing.MalformedError{Key: key, Err: fmt.Errorf("state is %d bytes, at most %d allowed", len(value), maxKeepStateBytes)}
 	}
-	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
+	if err := strictjson.Decode(value, &s); err != nil {
 		return KeepState{}, &routing.MalformedError{Key: key, Err: err}
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return KeepState{}, &routing.MalformedError{Key: key, Err: errors.New("trailing data after the state object")}
 	}
 	switch {
 	case s.Route != route:
