@@ -248,6 +248,22 @@ func roundDuration(d time.Duration) time.Duration {
 
 // probeVerdict collects a probe's findings; finish turns them into an
 // Observation that keeps the invariant "Err is nil exactly when Warm".
+// health is the readiness step of the engines with a /health endpoint
+// (vLLM/SGLang, TGI): it sets Ready, and reports false when the server did
+// not answer at all, since the other endpoints would only repeat that.
+func (p *httpProbe) health(ctx context.Context, v *probeVerdict) (answered bool) {
+	r, err := p.call(ctx, http.MethodGet, "/health", nil)
+	if err != nil {
+		v.fail(err)
+		return false
+	}
+	v.obs.Ready = r.ok()
+	if !v.obs.Ready {
+		v.fail(r.statusErr())
+	}
+	return true
+}
+
 type probeVerdict struct {
 	obs      Observation
 	problems probeProblems

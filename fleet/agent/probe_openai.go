@@ -31,15 +31,8 @@ const vllmRunning = "vllm:num_requests_running"
 
 func (p *openAIProber) Probe(ctx context.Context) Observation {
 	var v probeVerdict
-	health, err := p.call(ctx, http.MethodGet, "/health", nil)
-	if err != nil {
-		// No answer at all: the other endpoints would only repeat it.
-		v.fail(err)
+	if !p.health(ctx, &v) {
 		return v.finish(false)
-	}
-	v.obs.Ready = health.ok()
-	if !v.obs.Ready {
-		v.fail(health.statusErr())
 	}
 
 	served, err := p.servedName(ctx)

@@ -18,14 +18,8 @@ var _ Prober = (*tgiProber)(nil)
 
 func (p *tgiProber) Probe(ctx context.Context) Observation {
 	var v probeVerdict
-	health, err := p.call(ctx, http.MethodGet, "/health", nil)
-	if err != nil {
-		v.fail(err)
+	if !p.health(ctx, &v) {
 		return v.finish(false)
-	}
-	v.obs.Ready = health.ok()
-	if !v.obs.Ready {
-		v.fail(health.statusErr())
 	}
 	if err := p.info(ctx); err != nil {
 		v.fail(err)
@@ -35,7 +29,8 @@ func (p *tgiProber) Probe(ctx context.Context) Observation {
 	if !v.obs.Ready || !v.obs.Loaded {
 		return v.finish(false)
 	}
-	v.obs.CanaryLatency, err = p.canary(ctx, "POST /generate", p.generate)
+	lat, err := p.canary(ctx, "POST /generate", p.generate)
+	v.obs.CanaryLatency = lat
 	if err != nil {
 		v.fail(err)
 	}
