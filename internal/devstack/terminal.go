@@ -14,6 +14,7 @@ import (
 	"github.com/backflip-dev/backflip/fleet/routing"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/sim"
+	"github.com/backflip-dev/backflip/internal/simfleet"
 	"github.com/google/uuid"
 )
 
@@ -123,9 +124,9 @@ func (s *Stack) status(ctx context.Context, args []string, out io.Writer) error 
 			continue
 		}
 		shown++
-		n, _ := s.converged(c.Route, c.Epoch, 0)
+		conv := s.fleet.Converged(c.Route, c.Epoch)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s %s ago\t%s\t%d/%d\n", c.Route, c.Active, dash(c.Previous), c.Epoch,
-			c.Kind, s.cfg.Now().Sub(c.At).Round(time.Second), c.Actor, n, len(s.routers))
+			c.Kind, s.cfg.Now().Sub(c.At).Round(time.Second), c.Actor, conv.Applied, conv.Routers)
 	}
 	tw.Flush()
 	if len(args) == 1 && shown == 0 {
@@ -243,10 +244,13 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 		return err
 	}
 	flipDone := time.Now()
-	n, last := s.converged(route, res.Config.Epoch, 5*time.Second)
+	// The routers get 5 s; the flip has landed whatever they do.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conv := s.fleet.WaitConverged(wctx, route, res.Config.Epoch)
+	cancel()
 	routers := "timed out"
-	if !last.IsZero() {
-		routers = ms(last.Sub(flipStart))
+	if !conv.Last.IsZero() {
+		routers = ms(conv.Last.Sub(flipStart))
 	}
 	verb, phases := "promoted", ""
 	if kind == routing.KindRollback {
@@ -254,7 +258,7 @@ func (s *Stack) change(ctx context.Context, kind routing.Kind, args []string, ou
 	}
 	fmt.Fprintf(out, "%s %s %s → %s in %s · %sflip %s (rev %d) · routers %s (%d/%d)\n",
 		route, verb, res.Config.From, res.Config.Active, ms(time.Since(start)), phases, ms(flipDone.Sub(flipStart)),
-		res.Revision, routers, n, len(s.routers))
+		res.Revision, routers, conv.Applied, conv.Routers)
 	return nil
 }
 
@@ -272,9 +276,12 @@ func (s *Stack) simCmd(args []string, out io.Writer) error {
 	if b == sim.Slow {
 		delay = 2 * time.Second // over the 800 ms canary budget
 	}
-	n, err := s.fleet.setBehavior(args[0], args[1], args[2], b, delay)
-	if err != nil {
+	if err := s.fleet.SetBehavior(args[0], args[1], args[2], b, delay); err != nil {
 		return err
+	}
+	n := 1
+	if args[0] == simfleet.AllNodes {
+		n = len(s.fleet.Nodes())
 	}
 	fmt.Fprintf(out, "%s %s now %s on %d node(s); agents notice within about a second\n", args[1], args[2], b, n)
 	return nil
