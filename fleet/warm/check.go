@@ -180,6 +180,21 @@ type fleetView struct {
 // cancelled). Unreachable agents and malformed node records are never
 // errors: they are listed in the report and count for nothing.
 func (c *Checker) Check(ctx context.Context, route, target string) (Report, error) {
+	return c.check(ctx, route, target, false)
+}
+
+// CheckNew warm-checks version of a route that has no routing config yet
+// (its first promote): the baseline is the version's own registered GPUs,
+// quorum from policy or default. The report's Active is "" and its active
+// capacity zero. If the route does exist, CheckNew is Check: the caller
+// decided it was new from an earlier read, and a route created since then
+// must be judged against what it now serves.
+func (c *Checker) CheckNew(ctx context.Context, route, version string) (Report, error) {
+	return c.check(ctx, route, version, true)
+}
+
+// check is Check, and with allowNew CheckNew.
+func (c *Checker) check(ctx context.Context, route, target string, allowNew bool) (Report, error) {
 	start := c.now()
 	rep := Report{Route: route, Target: target, CheckedAt: start}
 	if err := routing.ValidateRoute(route); err != nil {
@@ -191,7 +206,7 @@ func (c *Checker) Check(ctx context.Context, route, target string) (Report, erro
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 
-	view, err := c.discover(dctx, route, target)
+	view, err := c.discover(dctx, route, target, allowNew)
 	if err != nil {
 		rep.Duration = c.now().Sub(start)
 		return rep, fmt.Errorf("warm check of %s@%s: %w", route, target, err)
@@ -248,10 +263,16 @@ func decide(rep *Report, malformed, records int) {
 	switch {
 	case rep.Warm:
 	case rep.TargetNodes == 0:
-		rep.Reason = fmt.Sprintf("no node registers %s@%s (%d node records, %d serving active %s with %d GPUs",
-			rep.Route, rep.Target, records, rep.ActiveNodes, rep.Active, rep.ActiveGPUs)
+		rep.Reason = fmt.Sprintf("no node registers %s@%s (%d node records", rep.Route, rep.Target, records)
+		if rep.Active != "" {
+			rep.Reason += fmt.Sprintf(", %d serving active %s with %d GPUs", rep.ActiveNodes, rep.Active, rep.ActiveGPUs)
+		}
 		if malformed > 0 {
 			rep.Reason += fmt.Sprintf(", %d malformed", malformed)
+		}
+		if rep.Active == "" {
+			// A first promote: there is no active version to speak of.
+			rep.Reason += "; the route has no active version yet"
 		}
 		rep.Reason += ")"
 	case rep.TargetGPUs < rep.NeededGPUs:
@@ -274,19 +295,24 @@ func neededGPUs(quorum float64, baseline int) int {
 	return n
 }
 
-// discover reads the route, its policy and the fleet.
-func (c *Checker) discover(ctx context.Context, route, target string) (fleetView, error) {
+// discover reads the route, its policy and the fleet. With allowNew a
+// missing route is a route about to be created: it has no active version,
+// so nothing counts as active capacity and decide takes the target's own
+// registered GPUs as the baseline.
+func (c *Checker) discover(ctx context.Context, route, target string, allowNew bool) (fleetView, error) {
 	var v fleetView
 	routeKey := c.routes.Route(route)
 	resp, err := c.cfg.KV.Get(ctx, routeKey)
 	if err != nil {
 		return v, fmt.Errorf("read route: %w", err)
 	}
-	if len(resp.Kvs) == 0 {
+	switch {
+	case len(resp.Kvs) > 0:
+		if v.cfg, err = routing.DecodeRouteConfig(routeKey, resp.Kvs[0].Value, route); err != nil {
+			return v, err
+		}
+	case !allowNew:
 		return v, fmt.Errorf("route %s: %w", route, routing.ErrNotFound)
-	}
-	if v.cfg, err = routing.DecodeRouteConfig(routeKey, resp.Kvs[0].Value, route); err != nil {
-		return v, err
 	}
 
 	policyKey := c.keys.Policy(route)
@@ -321,7 +347,9 @@ func (c *Checker) discover(ctx context.Context, route, target string) (fleetView
 			continue
 		}
 		versions := rec.Serving[route]
-		if g, ok := versions[v.cfg.Active]; ok {
+		// A new route has no active version ("" is never a version a
+		// record can register, but the capacity must not hinge on that).
+		if g, ok := versions[v.cfg.Active]; ok && v.cfg.Active != "" {
 			v.activeNodes++
 			v.activeGPUs += g
 		}

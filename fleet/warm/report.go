@@ -150,6 +150,9 @@ func (r *Report) Decision() string {
 	switch r.Baseline {
 	case BaselineTarget:
 		base = fmt.Sprintf("%d GPUs registered for %s itself, as %s has none", r.BaselineGPUs, r.Target, r.Active)
+		if r.Active == "" {
+			base = fmt.Sprintf("%d GPUs registered for %s itself, as the route has no active version yet", r.BaselineGPUs, r.Target)
+		}
 	default:
 		base = fmt.Sprintf("%d GPUs on active %s", r.BaselineGPUs, r.Active)
 	}
