@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -18,12 +17,11 @@ import (
 	"syscall"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/backflip-dev/backflip/fleet/agent"
 	"github.com/backflip-dev/backflip/internal/config"
+	"github.com/backflip-dev/backflip/internal/etcdclient"
 )
 
 func main() {
@@ -144,7 +142,7 @@ func (m Main) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	etcd, err := newEtcdClient(cfg.Etcd, log)
+	etcd, err := etcdclient.New(cfg.Etcd, log)
 	if err != nil {
 		_ = srv.Close()
 		return err
@@ -203,33 +201,4 @@ func checkAdvertise(advertise string, tlsOn bool) error {
 		return fmt.Errorf("BACKFLIP_AGENT_CONFIG: advertise_url %q is not https but BACKFLIP_AGENT_TLS_CERT is set", advertise)
 	}
 	return nil
-}
-
-// newEtcdClient connects to etcd as configured: endpoints, TLS from files,
-// and etcd auth. Keepalives notice a dead connection within seconds.
-func newEtcdClient(c config.Etcd, log *zap.Logger) (*clientv3.Client, error) {
-	cc := clientv3.Config{
-		Endpoints:            c.Endpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 3 * time.Second,
-		Username:             c.Username,
-		Password:             c.Password.Reveal(),
-		// etcd's client logs reconnects at info; warnings are what matter.
-		Logger: log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
-	}
-	if c.CAFile != "" || c.CertFile != "" {
-		info := transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.CAFile}
-		tc, err := info.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		tc.MinVersion = tls.VersionTLS12
-		cc.TLS = tc
-	}
-	cli, err := clientv3.New(cc)
-	if err != nil {
-		return nil, fmt.Errorf("etcd client: %w", err)
-	}
-	return cli, nil
 }

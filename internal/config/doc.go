@@ -20,7 +20,8 @@
 // What it must not do:
 //   - hold package-level mutable state or install globals (no zap.ReplaceGlobals);
 //     the logger is returned to the caller, which passes it on;
-//   - read the environment anywhere but FromEnv;
+//   - read the environment anywhere but FromEnv (FromLookup reads the same
+//     variables through a function its caller passes, and reads nothing else);
 //   - open files, resolve names or dial anything: paths and addresses are checked
 //     for shape only, the parts that use them report what is missing;
 //   - import other backflip packages (every binary imports this one);
