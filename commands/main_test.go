@@ -21,9 +21,8 @@ var pg *pgtest.Server
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
-		// A subprocess of the crash tests: run the one helper test only,
-		// without a Postgres of its own.
-		os.Exit(m.Run())
+		// A subprocess of the crash tests: a bot replica that crashes.
+		os.Exit(crashChild())
 	}
 	os.Exit(runMain(m))
 }

@@ -59,8 +59,11 @@ type Result struct {
 	// Replayed is true when this request did not flip itself: it carried
 	// the idempotency key of an earlier request, and this is that request's
 	// result (as far as it had got).
-	Replayed bool         `json:"replayed,omitempty"`
-	Warm     *warm.Report `json:"warm,omitempty"`
+	Replayed bool `json:"replayed,omitempty"`
+	// Text is, for a Replayed result, the first request's report as it
+	// recorded it (its warm, router and runtime details are not kept).
+	Text string       `json:"text,omitempty"`
+	Warm *warm.Report `json:"warm,omitempty"`
 	// InFlightBefore is the runtime's in-flight count on the route when
 	// the op started (dry runs and pre-flight cards show it).
 	InFlightBefore int             `json:"inflight_before"`
@@ -89,6 +92,9 @@ type RouterResult struct {
 	// Took is from the flip's commit to the last router's report (or the
 	// end of the wait).
 	Took time.Duration `json:"took_ns"`
+	// Error says why convergence is unknown (the registrations could not
+	// be read); the counts are then zero and mean nothing.
+	Error string `json:"error,omitempty"`
 }
 
 // AuditState says where the op's final audit event is.

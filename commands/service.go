@@ -117,10 +117,9 @@ type Service struct {
 	log    *zap.Logger
 	now    func() time.Time
 
-	mu       sync.Mutex
-	opLease  clientv3.LeaseID
-	leaseAt  time.Time
-	leaseTTL time.Duration
+	mu      sync.Mutex
+	opLease clientv3.LeaseID
+	leaseAt time.Time
 }
 
 // New checks cfg and returns a Service.
