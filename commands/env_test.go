@@ -55,7 +55,7 @@ type fleetOpts struct {
 	ownerTTL int
 }
 
-func newFleetEnv(t *testing.T, o fleetOpts) *fleetEnv {
+func newFleetEnv(t testing.TB, o fleetOpts) *fleetEnv {
 	t.Helper()
 	if o.nodes == 0 {
 		o.nodes = 4
@@ -108,7 +108,7 @@ type replica struct {
 	sess *concurrency.Session
 }
 
-func (e *fleetEnv) replica(t *testing.T, name string) *replica {
+func (e *fleetEnv) replica(t testing.TB, name string) *replica {
 	t.Helper()
 	cli := e.srv.Client(t)
 	checker, err := warm.NewChecker(warm.Config{KV: cli, Prefix: fleetPrefix, AgentToken: e.fleet.AgentToken(), Timeout: 3 * time.Second, Logger: e.log.Named(name)})
@@ -139,9 +139,9 @@ func from(user string) Origin {
 	return Origin{Actor: Actor{ID: user}, Channel: Channel{ID: incident, Name: "inc-42"}, Transport: TransportSlack}
 }
 
-func (e *fleetEnv) route(t *testing.T, route string) routing.Entry {
+func (e *fleetEnv) route(t testing.TB, route string) routing.Entry {
 	t.Helper()
-	ent, err := routing.NewStore(e.cli, fleetPrefix, nil).Get(testCtx(t), route)
+	ent, err := routing.NewStore(e.cli, fleetPrefix, nil).Get(tbCtx(t), route)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,10 +149,10 @@ func (e *fleetEnv) route(t *testing.T, route string) routing.Entry {
 }
 
 // outbox returns the events waiting in the etcd outbox, by op.
-func (e *fleetEnv) outbox(t *testing.T) map[string][]audit.Event {
+func (e *fleetEnv) outbox(t testing.TB) map[string][]audit.Event {
 	t.Helper()
 	keys := audit.Keys{Prefix: fleetPrefix}
-	resp, err := e.cli.Get(testCtx(t), keys.Outbox(), clientv3.WithPrefix())
+	resp, err := e.cli.Get(tbCtx(t), keys.Outbox(), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,10 +172,10 @@ func (e *fleetEnv) outbox(t *testing.T) map[string][]audit.Event {
 }
 
 // opRecord reads an op record.
-func (e *fleetEnv) opRecord(t *testing.T, id string) OpRecord {
+func (e *fleetEnv) opRecord(t testing.TB, id string) OpRecord {
 	t.Helper()
 	key := Keys{Prefix: fleetPrefix}.Op(id)
-	resp, err := e.cli.Get(testCtx(t), key)
+	resp, err := e.cli.Get(tbCtx(t), key)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("op record %s: %v (%d keys)", id, err, len(resp.Kvs))
 	}
@@ -187,7 +187,7 @@ func (e *fleetEnv) opRecord(t *testing.T, id string) OpRecord {
 }
 
 // ship runs an audit shipper until the outbox is empty.
-func (e *fleetEnv) ship(t *testing.T) {
+func (e *fleetEnv) ship(t testing.TB) {
 	t.Helper()
 	sh, err := audit.NewShipper(audit.ShipperConfig{Etcd: e.cli, Prefix: fleetPrefix, DB: e.db, Logger: e.log.Named("shipper")})
 	if err != nil {
@@ -241,11 +241,18 @@ func kinds(evs []audit.Event) string {
 	return strings.Join(s, " ")
 }
 
-func mustUUID(t *testing.T, s string) uuid.UUID {
+func mustUUID(t testing.TB, s string) uuid.UUID {
 	t.Helper()
 	u, err := uuid.Parse(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return u
+}
+
+func tbCtx(tb testing.TB) context.Context {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
 }

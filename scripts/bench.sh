@@ -18,9 +18,9 @@ out=bench.txt
 # Fan-out benchmarks set up 1000 etcd clients, 1000 agents or 50 runtimes per run and
 # report percentiles of their own samples, so they take a fixed number of
 # iterations rather than letting the testing package scale b.N.
-fanout='FlipToLastWatcher|WarmCheck|FlipToAllAcks|Shipper'
+fanout='FlipToLastWatcher|WarmCheck|FlipToAllAcks|Shipper|RollbackEndToEnd'
 $GO test -run '^$' -bench "$bench" -skip "$fanout" -benchmem -count "$count" -timeout 30m ./... | tee -a "$out"
-for b in FlipToLastWatcher:./fleet/routing/ WarmCheck:./fleet/warm/ FlipToAllAcks:./fleet/runtime/ Shipper:./audit/; do
+for b in FlipToLastWatcher:./fleet/routing/ WarmCheck:./fleet/warm/ FlipToAllAcks:./fleet/runtime/ Shipper:./audit/ RollbackEndToEnd:./commands/; do
 	name=${b%%:*} pkg=${b#*:}
 	if [[ "$bench" == "." || "$name" =~ $bench ]]; then
 		$GO test -run '^$' -bench "$name" -benchtime "${samples}x" -count "$count" -timeout 30m "$pkg" | tee -a "$out"
