@@ -266,7 +266,7 @@ func (o *op) resolve(ctx context.Context, req changeRequest) error {
 		case cfg.Previous == "":
 			return Errorf(EREFUSED, "%s has no previous version to roll back to (it is on %s since its first promote); name one with --to", req.route, cfg.Active)
 		case cfg.Kind == routing.KindRollback || cfg.Kind == routing.KindDrill:
-			return Errorf(EREFUSED, "%s was already %s from %s by %s %s (now on %s); a second /rollback without --to would undo it. To go back to %s, use --to %s; to go further back, name the version with --to.",
+			return Errorf(EREFUSED, "%s was already %s from %s by %s %s (now on %s); a second rollback without --to would undo it. To go back to %s, use --to %s; to go further back, name the version with --to.",
 				req.route, pastTense(cfg.Kind), cfg.From, mentionID(cfg.Actor), ago(s.now(), cfg.At), cfg.Active, cfg.From, cfg.From)
 		}
 		o.res.To = cfg.Previous
