@@ -1,0 +1,3 @@
+package bot
+
+import _ "github.com/slack-go/slack/slacktest"
