@@ -66,11 +66,14 @@ type Result struct {
 	Warm *warm.Report `json:"warm,omitempty"`
 	// InFlightBefore is the runtime's in-flight count on the route when
 	// the op started (dry runs and pre-flight cards show it).
-	InFlightBefore int             `json:"inflight_before"`
-	Routers        *RouterResult   `json:"routers,omitempty"`
-	InFlight       *runtime.Result `json:"inflight,omitempty"`
-	Audit          AuditState      `json:"audit"`
-	Timings        []PhaseTiming   `json:"timings"`
+	InFlightBefore int `json:"inflight_before"`
+	// LastDrill is the route's drill record, for a dry run's pre-flight
+	// card (nil when none or the audit database is unavailable).
+	LastDrill *DrillInfo      `json:"last_drill,omitempty"`
+	Routers   *RouterResult   `json:"routers,omitempty"`
+	InFlight  *runtime.Result `json:"inflight,omitempty"`
+	Audit     AuditState      `json:"audit"`
+	Timings   []PhaseTiming   `json:"timings"`
 	// Total runs from Origin.Received (or the start) to the end.
 	Total      time.Duration `json:"total_ns"`
 	Outcome    string        `json:"outcome"`

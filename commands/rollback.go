@@ -152,6 +152,7 @@ func (s *Service) change(ctx context.Context, req changeRequest, progress Progre
 
 	if req.dryRun {
 		o.res.InFlightBefore = s.inFlight(ctx, req.route, o.res.From)
+		o.res.LastDrill = s.lastDrill(ctx, req.route)
 	} else if err := o.create(ctx); err != nil {
 		return o.finishEarly(err)
 	}

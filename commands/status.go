@@ -261,6 +261,22 @@ func (s *Service) drillStats(ctx context.Context, routes []RouteStatus) {
 	}
 }
 
+// lastDrill reads a route's drill summary for a pre-flight card: nil when
+// there is no database, none was recorded, or the database did not answer
+// in a second (a card must not wait on the audit database).
+func (s *Service) lastDrill(ctx context.Context, route string) *DrillInfo {
+	if s.cfg.DB == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := audit.DrillStatsOf(ctx, s.cfg.DB, route)
+	if err != nil || st.Count == 0 {
+		return nil
+	}
+	return &DrillInfo{At: st.LastRun, Count: st.Count, P50: msDuration(st.Total.P50), P95: msDuration(st.Total.P95)}
+}
+
 func msDuration(ms float64) time.Duration { return time.Duration(ms * float64(time.Millisecond)) }
 
 // String renders the report for a person at a terminal: one block per route,
