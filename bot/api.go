@@ -58,6 +58,12 @@ type Reply struct {
 type Message struct {
 	Text   string
 	Blocks []slack.Block
+	// Key, when set, is a unique string contained in Text (an op id and a
+	// role, e.g. "op 1b2c… report"). When a post's outcome is unknown (a
+	// 5xx or a timeout after the request was sent), the Slack client looks
+	// for a recent message containing Key before posting again, so one
+	// report is never posted twice.
+	Key string
 }
 
 // Handler answers what the transports receive. Both methods must return
