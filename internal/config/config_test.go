@@ -357,6 +357,7 @@ func validConfig(t *testing.T) *Config {
 		"BACKFLIP_SLACK_BOT_TOKEN": "xoxb-1",
 		"BACKFLIP_SLACK_APP_TOKEN": "xapp-1",
 		"BACKFLIP_AGENT_TOKEN":     "tok",
+		"BACKFLIP_RUNTIME_SECRET":  "hmac-key",
 		"BACKFLIP_AGENT_NODE":      "gpu-1",
 		"BACKFLIP_AGENT_CONFIG":    "/etc/backflip/agent.yaml",
 	})
@@ -408,6 +409,7 @@ func TestValidateServe(t *testing.T) {
 		{"HTTPNeedsBotToken", func(c *Config) { c.Slack.Mode = "http"; c.Slack.SigningSecret = "s"; c.Slack.BotToken = "" }, `BACKFLIP_SLACK_BOT_TOKEN: required when BACKFLIP_SLACK_MODE=http (a bot token, xoxb-…)`},
 		{"NeedsAgentToken", func(c *Config) { c.Secrets.AgentToken = "" }, `BACKFLIP_AGENT_TOKEN: required by serve (the bearer token the agents expect)`},
 		{"NeedsDatabase", func(c *Config) { c.Postgres.URL = "" }, `BACKFLIP_DATABASE_URL: required by serve (a postgres:// URL of the audit database)`},
+		{"NeedsRuntimeSecret", func(c *Config) { c.Secrets.RuntimeSecret = "" }, `BACKFLIP_RUNTIME_SECRET: required by serve (signs abort signals to runtimes and verifies their heartbeats and acks)`},
 		{"IncludesValidate", func(c *Config) { c.Log.Format = "xml" }, `BACKFLIP_LOG_FORMAT: must be json or console, got "xml"`},
 	}
 	for _, tt := range tests {

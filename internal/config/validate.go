@@ -151,6 +151,9 @@ func (c *Config) ValidateServe() error {
 	if !c.Postgres.URL.IsSet() {
 		errs.add("BACKFLIP_DATABASE_URL", "required by serve (a postgres:// URL of the audit database)")
 	}
+	if !c.Secrets.RuntimeSecret.IsSet() {
+		errs.add("BACKFLIP_RUNTIME_SECRET", "required by serve (signs abort signals to runtimes and verifies their heartbeats and acks)")
+	}
 	return errs.err()
 }
 
