@@ -37,7 +37,7 @@ type Main struct {
 const usage = `usage: backflip <command> [flags]
 
 commands:
-  dev       run the whole system on this machine (embedded etcd, simulated routers, terminal)
+  dev       run the whole system on this machine (embedded etcd, simulated fleet and traffic, chat terminal)
   migrate   apply the audit schema to BACKFLIP_DATABASE_URL (connect as the owning role)
   version   print the version`
 
@@ -90,6 +90,7 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	stateDir := fs.String("state-dir", ".backflip", "folder that holds all state")
 	routers := fs.Int("routers", 4, "number of simulated inference routers")
 	nodes := fs.Int("nodes", 8, "number of simulated GPU nodes (agent + inference servers)")
+	rps := fs.Int("rps", 5, "synthetic requests each simulated workflow runtime starts per second (0: no traffic)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -102,9 +103,12 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	if *nodes < 1 || *nodes > 99 {
 		return usageError{fmt.Errorf("--nodes wants 1 to 99, got %d", *nodes)}
 	}
-	cfg, err := config.FromEnv()
+	if *rps < 0 || *rps > 1000 {
+		return usageError{fmt.Errorf("--rps wants 0 to 1000, got %d", *rps)}
+	}
+	cfg, err := config.FromLookup(m.Getenv)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	// The dev stack logs for a person at a terminal unless told otherwise.
 	if _, set := m.Getenv("BACKFLIP_LOG_FORMAT"); !set {
@@ -120,42 +124,44 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	defer func() { _ = log.Sync() }()
 
 	stack, err := devstack.Start(ctx, devstack.Config{
-		StateDir: *stateDir,
-		Routers:  *routers,
-		Nodes:    *nodes,
-		Prefix:   cfg.Etcd.Prefix,
-		Actor:    actor(),
-		Logger:   log,
+		StateDir:        *stateDir,
+		Routers:         *routers,
+		Nodes:           *nodes,
+		Runtimes:        devRuntimes,
+		RPS:             *rps,
+		Prefix:          cfg.Etcd.Prefix,
+		User:            osUser(m.Getenv),
+		WarmTimeout:     cfg.Timing.WarmTimeout,
+		ConvergeTimeout: cfg.Timing.RouterConvergeTimeout,
+		AckTimeout:      cfg.Timing.AbortAckTimeout,
+		CardTTL:         cfg.Slack.CardTTL,
+		Logger:          log,
+		Out:             m.Stdout,
 	})
 	if err != nil {
 		return err
 	}
 	defer stack.Close()
-	fmt.Fprintf(m.Stdout, `backflip dev is running.
-  etcd (embedded)     %s   data in %s
-  routers             %d simulated routers on the reader library, registered under %s/routers/
-  fleet               %d simulated GPU nodes: the real agent probing simulated vLLM, Triton, Ollama
-                      and TGI servers; chat-70b v41 is warm, embed-small v6 is not loaded
-Try:
-  status
-  rollback chat-70b latency spike after v42
-  rollback embed-small bad embeddings          (refused: v6 is cold)
-  sim all chat-70b v42 inference-dead          (then: rollback chat-70b --to v42 undo)
-Ctrl-C or "quit" stops everything.
-`, stack.Endpoint(), *stateDir, *routers, cfg.Etcd.Prefix, *nodes)
-	err = stack.Serve(ctx, m.Stdin, m.Stdout)
+	err = stack.Serve(ctx, m.Stdin)
 	log.Info("stopping", zap.Error(err))
 	return err
 }
 
-// actor names the person at the terminal the way backflipctl will.
-func actor() string {
-	name := "unknown"
-	if u, err := user.Current(); err == nil {
-		name = u.Username
+// devRuntimes is how many simulated workflow runtimes `backflip dev` runs:
+// two, so a rollback's report shows acknowledgements being collected from
+// more than one.
+const devRuntimes = 2
+
+// osUser names the person at the terminal: the OS user, as backflipctl
+// names its actor.
+func osUser(getenv func(string) (string, bool)) string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
 	}
-	host, _ := os.Hostname()
-	return "cli:" + name + "@" + host
+	if name, ok := getenv("USER"); ok && name != "" {
+		return name
+	}
+	return "dev"
 }
 
 // migrate applies the audit schema. It connects as whoever

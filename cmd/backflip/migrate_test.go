@@ -36,11 +36,11 @@ func TestMigrateCommand(t *testing.T) {
 	t.Run("AppliesThenUpToDate", func(t *testing.T) {
 		db := srv.NewDatabase(t)
 		t.Setenv("BACKFLIP_DATABASE_URL", srv.URL(db.Database))
-		code, out, errOut := runMain(t, "", "migrate")
+		code, out, errOut := runMain(t, nil, "", "migrate")
 		if code != 0 || out != "applied migration 0001\napplied migration 0002\n" {
 			t.Fatalf("first run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 		}
-		code, out, errOut = runMain(t, "", "migrate")
+		code, out, errOut = runMain(t, nil, "", "migrate")
 		if code != 0 || out != "audit schema is up to date\n" {
 			t.Fatalf("second run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 		}
@@ -57,7 +57,7 @@ func TestMigrateCommand(t *testing.T) {
 
 	t.Run("URLRequired", func(t *testing.T) {
 		unsetenv(t, "BACKFLIP_DATABASE_URL")
-		code, out, errOut := runMain(t, "", "migrate")
+		code, out, errOut := runMain(t, nil, "", "migrate")
 		if code != 2 || out != "" || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "BACKFLIP_DATABASE_URL: required by migrate") {
 			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 		}
@@ -65,14 +65,14 @@ func TestMigrateCommand(t *testing.T) {
 
 	t.Run("UnreachableFailsWithoutShowingPassword", func(t *testing.T) {
 		t.Setenv("BACKFLIP_DATABASE_URL", "postgres://owner:hunter2secret@127.0.0.1:1/audit?connect_timeout=5&sslmode=disable")
-		code, _, errOut := runMain(t, "", "migrate")
+		code, _, errOut := runMain(t, nil, "", "migrate")
 		if code != 1 || !strings.Contains(errOut, "connect to the audit database") || strings.Contains(errOut, "hunter2secret") {
 			t.Fatalf("exit %d\nstderr:\n%s", code, errOut)
 		}
 	})
 
 	t.Run("ArgumentsRefused", func(t *testing.T) {
-		code, _, errOut := runMain(t, "", "migrate", "now")
+		code, _, errOut := runMain(t, nil, "", "migrate", "now")
 		if code != 2 || !strings.Contains(errOut, "migrate takes no arguments") {
 			t.Fatalf("exit %d\nstderr:\n%s", code, errOut)
 		}

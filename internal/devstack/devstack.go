@@ -5,44 +5,90 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/backflip-dev/backflip/fleet/routing"
+	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/fleet/runtime"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/embedetcd"
 	"github.com/backflip-dev/backflip/internal/simfleet"
 )
 
+// Defaults of Config.
+const (
+	defaultRouters     = 4
+	defaultNodes       = 8
+	defaultRuntimes    = 2
+	defaultWarmTimeout = 2 * time.Second
+	defaultCardTTL     = 10 * time.Minute
+	// warmMaxAge is how old an agent's warm observation may be before the
+	// checker asks for a fresh canary. Production allows 15 s; the dev
+	// stack asks sooner so that a `sim` command that breaks an engine is
+	// reflected by the next rollback a person types, not 15 s later.
+	warmMaxAge = 3 * time.Second
+	// ownerTTL is the TTL, in seconds, of the terminal's owner lease and of
+	// the singleton election: a dev stack killed mid-operation has its op
+	// recovered by the next one about this long after.
+	ownerTTL = 10
+	// recoveryInterval is how often the op recovery job looks for ops
+	// whose owner is gone.
+	recoveryInterval = 5 * time.Second
+	// A synthetic request takes trafficSteps steps of trafficStepDelay,
+	// about a second, so that a rollback finds requests in flight to abort
+	// and re-issue even at a few requests a second, as a workflow calling
+	// a 70B model would.
+	trafficSteps     = 5
+	trafficStepDelay = 200 * time.Millisecond
+)
+
 // Config is what the dev stack needs. The zero value of each optional field
 // means its default.
 type Config struct {
-	// StateDir holds all state (etcd data). Default ".backflip".
+	// StateDir holds all state (etcd data and log). Default ".backflip".
 	StateDir string
 	// Routers is the number of simulated routers. Default 4.
 	Routers int
 	// Nodes is the number of simulated GPU nodes. Default 8.
 	Nodes int
 	// Runtimes is the number of simulated workflow runtimes (the real SDK).
-	// Default none.
+	// Default 2.
 	Runtimes int
-	// RPS is the synthetic requests each runtime starts per second. Default
-	// none.
+	// RPS is the synthetic requests each runtime starts per second; zero
+	// means no traffic (rollbacks then abort nothing).
 	RPS int
 	// Prefix is the etcd key prefix. Default "/backflip".
 	Prefix string
-	// Actor names who types at the terminal (e.g. "cli:alice@host").
-	Actor  string
+	// User is the person at the terminal (the OS user). Their actor is
+	// "dev:<User>", which the stack's access settings allow to roll back
+	// and promote. Default "dev".
+	User string
+	// WarmTimeout is BACKFLIP_WARM_TIMEOUT. Default 2s.
+	WarmTimeout time.Duration
+	// ConvergeTimeout is BACKFLIP_ROUTER_CONVERGE_TIMEOUT and AckTimeout
+	// BACKFLIP_ABORT_ACK_TIMEOUT; zero means the commands and runtime
+	// packages' defaults.
+	ConvergeTimeout time.Duration
+	AckTimeout      time.Duration
+	// CardTTL is how long a pre-flight card typed at the terminal can be
+	// confirmed (BACKFLIP_CARD_TTL). Default 10m.
+	CardTTL time.Duration
+	// Logger receives the stack's logs. Required.
 	Logger *zap.Logger
-	In     io.Reader
-	Out    io.Writer
-	Now    func() time.Time
+	// Out is the terminal: answers, progress and recovery notices. Default
+	// discarded.
+	Out io.Writer
+	// Now is the clock of the fleet, the use cases and the pre-flight
+	// cards' expiry. Default time.Now.
+	Now func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -50,16 +96,28 @@ func (c *Config) defaults() {
 		c.StateDir = ".backflip"
 	}
 	if c.Routers <= 0 {
-		c.Routers = 4
+		c.Routers = defaultRouters
 	}
 	if c.Nodes <= 0 {
-		c.Nodes = 8
+		c.Nodes = defaultNodes
+	}
+	if c.Runtimes <= 0 {
+		c.Runtimes = defaultRuntimes
 	}
 	if c.Prefix == "" {
 		c.Prefix = "/backflip"
 	}
-	if c.Actor == "" {
-		c.Actor = "cli:dev"
+	if c.User == "" {
+		c.User = "dev"
+	}
+	if c.WarmTimeout <= 0 {
+		c.WarmTimeout = defaultWarmTimeout
+	}
+	if c.CardTTL <= 0 {
+		c.CardTTL = defaultCardTTL
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -71,21 +129,33 @@ type Stack struct {
 	cfg     Config
 	etcd    *embedetcd.Etcd
 	client  *clientv3.Client
-	store   *routing.Store
 	fleet   *simfleet.Fleet
 	checker *warm.Checker
+	// signalHTTP is the runtime signaller's HTTP client, kept to drop its
+	// idle connections on Close.
+	signalHTTP *http.Client
+	owner      *concurrency.Session
+	svc        *commands.Service
+	// origin is who types at the terminal, and where.
+	origin commands.Origin
+	con    *console
+	// stopJobs ends the singleton jobs; jobs is waited for on Close.
+	stopJobs context.CancelFunc
+	jobs     sync.WaitGroup
 	// closeLog closes etcd's log file.
 	closeLog func()
 }
 
 // Start brings the stack up: etcd, then the simulated fleet (which seeds
-// the demo routes the first time), then the warm checker.
+// the demo routes the first time), then the use cases of the commands
+// package over them — the same Service the bot and backflipctl run — and
+// the op recovery job.
 func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	cfg.defaults()
 	if cfg.Logger == nil {
 		return nil, errors.New("devstack: Logger is required")
 	}
-	s := &Stack{cfg: cfg}
+	s := &Stack{cfg: cfg, con: &console{w: cfg.Out}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -113,8 +183,6 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", s.etcd.Endpoint(), err)
 	}
-	s.store = routing.NewStore(s.client, cfg.Prefix, cfg.Logger.Named("routing"))
-	s.store.Now = cfg.Now
 	s.fleet, err = simfleet.Start(ctx, simfleet.Config{
 		Client:    s.client,
 		Prefix:    cfg.Prefix,
@@ -122,7 +190,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		Routes:    simfleet.DemoRoutes(),
 		Routers:   cfg.Routers,
 		Runtimes:  cfg.Runtimes,
-		Traffic:   simfleet.Traffic{RPS: cfg.RPS},
+		Traffic:   simfleet.Traffic{RPS: cfg.RPS, Steps: trafficSteps, StepDelay: trafficStepDelay},
 		SeedActor: "dev-seed",
 		Logger:    cfg.Logger,
 		Now:       cfg.Now,
@@ -130,25 +198,122 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulated fleet: %w", err)
 	}
-	s.checker, err = warm.NewChecker(warm.Config{KV: s.client, Prefix: cfg.Prefix, AgentToken: s.fleet.AgentToken(),
-		Timeout: 2 * time.Second, MaxAge: 3 * time.Second, DefaultQuorum: 1.0,
-		Logger: cfg.Logger.Named("warm"), Now: cfg.Now})
-	if err != nil {
+	if err := s.startService(); err != nil {
 		return nil, err
 	}
+	s.startRecovery(ctx)
+	if cfg.RPS > 0 {
+		// The first rollback a person pipes in right away should find
+		// requests in flight, as it would in production: give the traffic
+		// one request's length to reach its steady state.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(trafficSteps * trafficStepDelay):
+		}
+	}
 	return s, nil
+}
+
+// startService builds the commands.Service the terminal calls, wired to the
+// dev stack as `backflip serve` wires it to production: warm checks against
+// the simulated agents, abort signals to the simulated runtimes, an owner
+// lease for op records, and access settings that let the person at the
+// terminal act. There is no audit database yet, so history shows the
+// events still queued in etcd, and says so.
+func (s *Stack) startService() error {
+	cfg := s.cfg
+	var err error
+	s.checker, err = warm.NewChecker(warm.Config{KV: s.client, Prefix: cfg.Prefix, AgentToken: s.fleet.AgentToken(),
+		Timeout: cfg.WarmTimeout, MaxAge: warmMaxAge, DefaultQuorum: 1.0,
+		Logger: cfg.Logger.Named("warm"), Now: cfg.Now})
+	if err != nil {
+		return fmt.Errorf("warm checker: %w", err)
+	}
+	// Its own transport, so that Close can drop its connections and leave
+	// no goroutine behind.
+	s.signalHTTP = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	signaller, err := runtime.NewSignaller(runtime.SignallerConfig{Etcd: s.client, Prefix: cfg.Prefix,
+		Secret: s.fleet.RuntimeSecret(), HTTPClient: s.signalHTTP, AckTimeout: cfg.AckTimeout,
+		Logger: cfg.Logger.Named("runtime"), Now: cfg.Now})
+	if err != nil {
+		return fmt.Errorf("runtime signaller: %w", err)
+	}
+	// The session's keep-alives run until Close revokes it, not until the
+	// context of Start ends: a rollback still running when the person
+	// presses Ctrl-C finishes under a live owner.
+	s.owner, err = concurrency.NewSession(s.client, concurrency.WithTTL(ownerTTL))
+	if err != nil {
+		return fmt.Errorf("owner lease: %w", err)
+	}
+	actor := commands.Actor{ID: "dev:" + cfg.User, Name: cfg.User}
+	s.origin = commands.Origin{Actor: actor, Channel: commands.Channel{ID: devChannel, Name: devChannel},
+		Transport: commands.TransportTerminal}
+	s.svc, err = commands.New(commands.Config{
+		Etcd:    s.client,
+		Prefix:  cfg.Prefix,
+		Warm:    s.checker,
+		Runtime: signaller,
+		Owner:   s.owner,
+		Access: commands.Access{
+			IncidentChannels: []string{devChannel},
+			RollbackUsers:    []string{actor.ID},
+			DrillUsers:       []string{actor.ID},
+		},
+		ConvergeTimeout: cfg.ConvergeTimeout,
+		Logger:          cfg.Logger.Named("commands"),
+		Now:             cfg.Now,
+	})
+	return err
+}
+
+// devChannel is the terminal's channel: the one incident channel of the dev
+// stack.
+const devChannel = "dev"
+
+// startRecovery runs op recovery as the singleton job it is in production,
+// under the etcd election, so that a dev stack killed in the middle of a
+// rollback has it finished (or closed) by the next one; what it did is
+// printed at the terminal.
+func (s *Stack) startRecovery(ctx context.Context) {
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopJobs = cancel
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("dev:%s:%d", host, os.Getpid())
+	log := s.cfg.Logger.Named("jobs")
+	s.jobs.Go(func() {
+		commands.RunElected(jctx, s.client, s.cfg.Prefix, id, ownerTTL, log, commands.Job{
+			Name: "op-recovery",
+			Run: func(ctx context.Context) {
+				s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) {
+					s.con.notice("recovery: " + n.Text)
+				})
+			},
+		})
+	})
 }
 
 // Endpoint is the embedded etcd's client URL.
 func (s *Stack) Endpoint() string { return s.etcd.Endpoint() }
 
-// Close stops the fleet, clients and etcd. It is safe after a failed Start.
+// Close stops the jobs, revokes the owner lease, and stops the fleet,
+// clients and etcd. It is safe after a failed Start.
 func (s *Stack) Close() {
+	if s.stopJobs != nil {
+		s.stopJobs()
+		s.jobs.Wait()
+	}
+	if s.owner != nil {
+		_ = s.owner.Close()
+	}
 	if s.fleet != nil {
 		s.fleet.Close()
 	}
 	if s.checker != nil {
 		s.checker.Close()
+	}
+	if s.signalHTTP != nil {
+		s.signalHTTP.CloseIdleConnections()
 	}
 	if s.client != nil {
 		_ = s.client.Close()
@@ -159,11 +324,4 @@ func (s *Stack) Close() {
 	if s.closeLog != nil {
 		s.closeLog()
 	}
-}
-
-func ms(d time.Duration) string {
-	if d < 10*time.Millisecond {
-		return strconv.FormatFloat(float64(d)/1e6, 'f', 1, 64) + " ms"
-	}
-	return strconv.FormatInt(d.Milliseconds(), 10) + " ms"
 }

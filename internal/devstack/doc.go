@@ -1,14 +1,19 @@
 // Package devstack is what `backflip dev` (and so `make run`) starts on one
-// machine: an embedded etcd, the simulated fleet of internal/simfleet (GPU
+// machine: an embedded etcd; the simulated fleet of internal/simfleet (GPU
 // nodes running the real agent against simulated inference servers,
-// routers embedding the real reader library, and, when asked for, workflow
-// runtimes on the real SDK carrying synthetic traffic), and a terminal where
-// an operator promotes and rolls back routes through the real routing store
-// and watches the routers converge.
+// routers embedding the real reader library, and workflow runtimes on the
+// real SDK carrying synthetic traffic); the commands.Service that Slack and
+// backflipctl use, wired to them, with op recovery running as a singleton
+// job; and a terminal that speaks the chat grammar of /rollback, pre-flight
+// card included, plus a few dev-only verbs (promote, fleet, sim).
+//
+// The terminal is a transport, like the bot: it parses with
+// commands.Parse, calls the use cases, and prints their results and
+// errors. It must not decide anything a use case decides (what a rollback
+// does, who may act, what is refused), so that what a person tries here is
+// what production does.
 //
 // It is the embedded default, not production: it must not be imported by
 // anything but cmd/backflip, must not need a network, a Slack workspace or an
-// external etcd, and must leave nothing running when its context ends. Until
-// the commands and bot packages exist, its terminal verbs are a thin layer
-// over fleet/routing; they will be replaced by the chat grammar.
+// external etcd, and must leave nothing running when it is closed.
 package devstack
