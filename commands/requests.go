@@ -14,6 +14,10 @@ type RollbackRequest struct {
 	// DryRun runs the resolve and warm phases only and reports what would
 	// happen.
 	DryRun bool
+	// Preflight is a dry run for a pre-flight card: the person asked for a
+	// rollback, so a refusal is audited like one (an explicit --dry-run's
+	// is not).
+	Preflight bool
 	// ExpectRev is the route revision the operator saw (the confirm
 	// button's value, backflipctl --expect-rev). If the route has moved
 	// since, the rollback is refused and the operator told what changed;

@@ -44,6 +44,9 @@ type op struct {
 	opRev  int64
 	record OpRecord
 	lease  clientv3.LeaseID
+	// preflight marks a dry run that stands for a real request (a
+	// pre-flight card): its refusals are audited.
+	preflight bool
 }
 
 // Rollback rolls a route back, in order: resolve the route and target,
@@ -61,7 +64,7 @@ type op struct {
 func (s *Service) Rollback(ctx context.Context, req RollbackRequest, progress ProgressFunc) (*Result, error) {
 	return s.change(ctx, changeRequest{
 		kind: routing.KindRollback, origin: req.Origin, route: req.Route, to: req.To, reason: req.Reason,
-		forceCold: req.ForceCold, dryRun: req.DryRun, expectRev: req.ExpectRev, op: req.Op,
+		forceCold: req.ForceCold, dryRun: req.DryRun || req.Preflight, preflight: req.Preflight, expectRev: req.ExpectRev, op: req.Op,
 	}, progress)
 }
 
@@ -103,16 +106,16 @@ func (s *Service) DrillFlip(ctx context.Context, req DrillFlipRequest, progress 
 }
 
 type changeRequest struct {
-	kind              routing.Kind
-	origin            Origin
-	route, to, reason string
-	forceCold, dryRun bool
-	expectRev         int64
-	op                string
+	kind                         routing.Kind
+	origin                       Origin
+	route, to, reason            string
+	forceCold, dryRun, preflight bool
+	expectRev                    int64
+	op                           string
 }
 
 func (s *Service) change(ctx context.Context, req changeRequest, progress ProgressFunc) (*Result, error) {
-	o := &op{s: s, kind: req.kind, origin: req.origin, progress: progress, start: time.Now()}
+	o := &op{s: s, kind: req.kind, origin: req.origin, progress: progress, start: time.Now(), preflight: req.preflight}
 	if !req.origin.Received.IsZero() && time.Since(req.origin.Received) < time.Hour {
 		o.start = req.origin.Received
 	}
@@ -335,8 +338,8 @@ func (o *op) warm(ctx context.Context, forceCold bool) error {
 			return Errorf(EREFUSED, "no node serves %s@%s, so there is nothing to route to — not even with --force-cold. %s", o.res.Route, o.res.To, rep.Reason)
 		}
 		if !forceCold {
-			return &Error{Code: EREFUSED, Message: fmt.Sprintf("%s@%s is not warm, so this would be a cold start, not a rollback: %s. %s%s",
-				o.res.Route, o.res.To, rep.Summary(), rep.Reason, coldNodes(rep)), Err: err}
+			return &Error{Code: EREFUSED, Message: fmt.Sprintf("%s@%s is not warm, so this would be a cold start, not a rollback: %s; %s.%s",
+				o.res.Route, o.res.To, rep.Summary(), strings.TrimSuffix(rep.Reason, "."), coldNodes(rep)), Err: err}
 		}
 		o.res.ForcedCold = true
 		return nil
@@ -351,7 +354,8 @@ func (o *op) warm(ctx context.Context, forceCold bool) error {
 	return nil
 }
 
-// coldNodes lists up to five nodes that are not warm with their reasons.
+// coldNodes lists up to five nodes that are not warm, with each distinct
+// reason once (a fleet-wide problem is usually one reason on every node).
 func coldNodes(rep warm.Report) string {
 	nodes := rep.NotWarm()
 	if len(nodes) == 0 {
@@ -359,18 +363,27 @@ func coldNodes(rep warm.Report) string {
 	}
 	var b strings.Builder
 	b.WriteString(" Not warm:")
+	seen := map[string]bool{}
 	for i, n := range nodes {
 		if i == 5 {
 			fmt.Fprintf(&b, " and %d more", len(nodes)-5)
 			break
 		}
-		fmt.Fprintf(&b, " %s (%s", n.Node, n.State)
-		if n.Reason != "" {
-			fmt.Fprintf(&b, ": %s", clipRunes(n.Reason, 80))
+		if i > 0 {
+			b.WriteString(",")
 		}
-		b.WriteString(");")
+		fmt.Fprintf(&b, " %s (%s", n.Node, n.State)
+		switch {
+		case n.Reason == "":
+		case seen[n.Reason]:
+			b.WriteString(", same")
+		default:
+			seen[n.Reason] = true
+			fmt.Fprintf(&b, ": %s", clipRunes(n.Reason, 120))
+		}
+		b.WriteString(")")
 	}
-	b.WriteString(" Use --force-cold to roll back anyway (audited).")
+	b.WriteString(". Use --force-cold to roll back anyway (audited).")
 	return b.String()
 }
 
@@ -615,7 +628,7 @@ func (o *op) refuse(ctx context.Context, err error) (*Result, error) {
 	}
 	o.res.Total = time.Since(o.start)
 	o.res.FinishedAt = o.s.now()
-	if o.res.DryRun || code == EINVALID {
+	if (o.res.DryRun && !o.preflight) || code == EINVALID {
 		return o.res, err
 	}
 	kind := audit.KindRollbackRefused

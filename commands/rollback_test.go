@@ -128,6 +128,13 @@ func TestRollbackRefusals(t *testing.T) {
 			t.Errorf("op record %+v", rec)
 		}
 	})
+	t.Run("PreflightRefusalAudited", func(t *testing.T) {
+		res, err := r.svc.Rollback(ctx, RollbackRequest{Origin: from(alice), Route: "embed-small", Reason: "card", Preflight: true}, nil)
+		mustCode(t, err, EREFUSED, "not warm")
+		if got := kinds(e.outbox(t)[res.Op]); got != "rollback.refused/refused" {
+			t.Errorf("a pre-flight refusal was not audited: %q", got)
+		}
+	})
 	t.Run("UnknownTargetVersionRefusedEvenForced", func(t *testing.T) {
 		_, err := r.svc.Rollback(ctx, RollbackRequest{Origin: from(alice), Route: "chat-70b", To: "v30", ForceCold: true, Reason: "x"}, nil)
 		mustCode(t, err, EREFUSED, "no node serves chat-70b@v30")

@@ -278,7 +278,7 @@ func (t *terminal) rollback(ctx context.Context, c commands.RollbackCmd, receive
 // preflight shows what a rollback would do — its dry run — and keeps it
 // for `confirm`.
 func (t *terminal) preflight(ctx context.Context, req commands.RollbackRequest) {
-	req.DryRun = true
+	req.Preflight = true
 	rctx, cancel := context.WithTimeout(ctx, readTimeout)
 	defer cancel()
 	res, err := t.s.svc.Rollback(rctx, req, nil)
@@ -295,7 +295,7 @@ func (t *terminal) preflight(ctx context.Context, req commands.RollbackRequest) 
 	// card's button, so a confirm that is retried never flips twice.
 	op := uuid.NewString()
 	run := req
-	run.DryRun = false
+	run.Preflight = false
 	run.To = res.To
 	run.ExpectRev = res.ExpectRev
 	run.Op = op
