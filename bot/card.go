@@ -1,6 +1,7 @@
 package bot
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -51,10 +52,15 @@ func (c Card) Expires() time.Time { return time.Unix(c.Exp, 0) }
 // Encode returns the button value.
 func (c Card) Encode() (string, error) {
 	c.V = 1
-	b, err := json.Marshal(c)
-	if err != nil {
+	// No HTML escaping: json.Marshal writes each <, > and & as six bytes,
+	// which could push a 1000-byte reason past Slack's 2000-byte value.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(c); err != nil {
 		return "", err
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(b) > maxCardValue {
 		return "", fmt.Errorf("card value is %d bytes, Slack allows %d", len(b), maxCardValue)
 	}

@@ -123,6 +123,8 @@ type Progress struct {
 	Took time.Duration
 	// Detail is a short line for a person, e.g. "24/24 nodes, 96/96 GPUs warm".
 	Detail string
+	// From and To are the versions as far as resolved ("" before).
+	From, To string
 }
 
 // ProgressFunc receives progress reports. It is called on the operation's

@@ -704,7 +704,7 @@ func (o *op) finishEarly(err error) (*Result, error) {
 
 func (o *op) beginPhase(p Phase) {
 	o.phaseAt = time.Now()
-	o.progress.report(Progress{Op: o.id, Route: o.res.Route, Phase: p, State: StateRunning})
+	o.progress.report(Progress{Op: o.id, Route: o.res.Route, Phase: p, State: StateRunning, From: o.res.From, To: o.res.To})
 }
 
 func (o *op) endPhase(p Phase, st PhaseState, detail string) {
@@ -715,7 +715,7 @@ func (o *op) endPhaseTook(p Phase, st PhaseState, detail string, took time.Durat
 	if st != StateFailed || p != PhaseResolve {
 		o.res.Timings = append(o.res.Timings, PhaseTiming{Phase: p, Took: took})
 	}
-	o.progress.report(Progress{Op: o.id, Route: o.res.Route, Phase: p, State: st, Took: took, Detail: detail})
+	o.progress.report(Progress{Op: o.id, Route: o.res.Route, Phase: p, State: st, Took: took, Detail: detail, From: o.res.From, To: o.res.To})
 }
 
 // waitRouters waits for the routers registered before the flip.

@@ -1,3 +1,0 @@
-package bot
-
-import _ "github.com/slack-go/slack/slacktest"
