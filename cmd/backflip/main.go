@@ -37,6 +37,8 @@ type Main struct {
 const usage = `usage: backflip <command> [flags]
 
 commands:
+  serve     run the bot: Slack (Socket Mode or HTTP), runtime endpoints, health, metrics, and — on the
+            elected replica — op recovery, the audit shipper and the warm-keep monitor (config: env, see configs/bot.env.example)
   dev       run the whole system on this machine (embedded etcd, simulated fleet and traffic, chat terminal)
   migrate   apply the audit schema to BACKFLIP_DATABASE_URL (connect as the owning role)
   version   print the version`
@@ -52,6 +54,8 @@ func (m Main) Run(ctx context.Context, args []string) int {
 	switch args[0] {
 	case "dev":
 		err = m.dev(ctx, args[1:])
+	case "serve":
+		err = m.serve(ctx, args[1:])
 	case "migrate":
 		err = m.migrate(ctx, args[1:])
 	case "version":
