@@ -40,6 +40,11 @@ func (s *Service) Authorize(ctx context.Context, o Origin, verb Verb, route stri
 	return rerr
 }
 
+// SetDrills sets the DrillService when it is built after the Service (the
+// drills package needs the Service for its flips). Call it once, before
+// the Service answers requests.
+func (s *Service) SetDrills(d DrillService) { s.cfg.Drills = d }
+
 // Drill authorizes a /drill command and runs it through the configured
 // DrillService.
 func (s *Service) Drill(ctx context.Context, o Origin, cmd DrillCommand, progress ProgressFunc) (DrillReply, error) {
