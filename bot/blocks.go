@@ -294,9 +294,13 @@ const maxProgressLines = 20
 // after each phase and replaced by ReportMessage at the end.
 func ProgressMessage(v ProgressView) Message {
 	head := fmt.Sprintf("%s %s %s → %s", progressVerb(v.Kind), v.Route, dashVersion(v.From), dashVersion(v.To))
-	if v.From == "" && v.To == "" {
+	switch {
+	case v.From == "" && v.To == "":
 		// Not resolved yet (a --now rollback before its first phase).
 		head = fmt.Sprintf("%s %s", progressVerb(v.Kind), v.Route)
+	case v.From == "" && v.Kind != routing.KindPromote:
+		// The version rolled away from is not known until resolve.
+		head = fmt.Sprintf("%s %s to %s", progressVerb(v.Kind), v.Route, v.To)
 	}
 	icon := "⏳"
 	var lines []string

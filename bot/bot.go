@@ -40,8 +40,11 @@ type Config struct {
 	// AuditRowWait bounds how long the thread summary waits for the audit
 	// row id before saying "pending" (default 2s).
 	AuditRowWait time.Duration
-	Logger       *zap.Logger
-	Now          func() time.Time
+	// Transport is what the origin of each request says (default slack;
+	// the terminal of `backflip dev` says terminal).
+	Transport commands.Transport
+	Logger    *zap.Logger
+	Now       func() time.Time
 }
 
 // Bot turns slash commands and clicks into use cases of commands and their
@@ -54,7 +57,12 @@ type Bot struct {
 	now  func() time.Time
 	base context.Context
 	stop context.CancelFunc
-	wg   sync.WaitGroup
+	// busy counts background work; idle is signalled when it drops to
+	// zero. (A WaitGroup would panic when one transport starts work while
+	// another waits for the previous work to end.)
+	mu   sync.Mutex
+	busy int
+	idle *sync.Cond
 }
 
 var _ Handler = (*Bot)(nil)
@@ -81,15 +89,20 @@ func New(cfg Config) (*Bot, error) {
 	}
 	// Background work is not tied to any request: a rollback confirmed in
 	// a request that ended must still finish and report.
+	if cfg.Transport == "" {
+		cfg.Transport = commands.TransportSlack
+	}
 	base, stop := context.WithCancel(context.Background())
-	return &Bot{cfg: cfg, svc: cfg.Service, out: cfg.Poster, log: cfg.Logger, now: cfg.Now, base: base, stop: stop}, nil
+	b := &Bot{cfg: cfg, svc: cfg.Service, out: cfg.Poster, log: cfg.Logger, now: cfg.Now, base: base, stop: stop}
+	b.idle = sync.NewCond(&b.mu)
+	return b, nil
 }
 
 // Close stops taking new background work and waits up to ctx for what runs
 // (rollbacks past their flip finish regardless: commands guarantees it).
 func (b *Bot) Close(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { b.wg.Wait(); close(done) }()
+	go func() { b.Wait(); close(done) }()
 	select {
 	case <-done:
 		b.stop()
@@ -102,12 +115,27 @@ func (b *Bot) Close(ctx context.Context) error {
 }
 
 // Wait waits for the background work started so far (tests).
-func (b *Bot) Wait() { b.wg.Wait() }
+func (b *Bot) Wait() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.busy > 0 {
+		b.idle.Wait()
+	}
+}
 
 func (b *Bot) spawn(f func(ctx context.Context)) {
-	b.wg.Add(1)
+	b.mu.Lock()
+	b.busy++
+	b.mu.Unlock()
 	go func() {
-		defer b.wg.Done()
+		defer func() {
+			b.mu.Lock()
+			b.busy--
+			if b.busy == 0 {
+				b.idle.Broadcast()
+			}
+			b.mu.Unlock()
+		}()
 		f(b.base)
 	}()
 }
@@ -121,11 +149,11 @@ type request struct {
 	responses int
 }
 
-func originOf(userID, userName, channelID, channelName string, received time.Time) commands.Origin {
+func (b *Bot) originOf(userID, userName, channelID, channelName string, received time.Time) commands.Origin {
 	return commands.Origin{
 		Actor:     commands.Actor{ID: userID, Name: userName},
 		Channel:   commands.Channel{ID: channelID, Name: channelName},
-		Transport: commands.TransportSlack,
+		Transport: b.cfg.Transport,
 		Received:  received,
 	}
 }
@@ -154,7 +182,7 @@ func (b *Bot) Slash(_ context.Context, sc SlashCommand) *Reply {
 	if err != nil {
 		return &Reply{Message: ErrorReply(err)}
 	}
-	req := &request{origin: originOf(sc.UserID, sc.UserName, sc.ChannelID, sc.ChannelName, sc.Received), responseURL: sc.ResponseURL}
+	req := &request{origin: b.originOf(sc.UserID, sc.UserName, sc.ChannelID, sc.ChannelName, sc.Received), responseURL: sc.ResponseURL}
 	switch c := cmd.(type) {
 	case commands.HelpCmd:
 		return &Reply{Message: HelpMessage(c.Drill)}
@@ -298,14 +326,14 @@ func (b *Bot) rollbackNow(ctx context.Context, req *request, c commands.Rollback
 		return
 	}
 	rreq := commands.RollbackRequest{Origin: req.origin, Route: c.Route, To: c.To, Reason: c.Reason, ForceCold: c.ForceCold}
-	b.run(ctx, req, "", rreq)
+	b.run(ctx, req, "", "", rreq)
 }
 
 // Action answers a click on a card's button.
 func (b *Bot) Action(_ context.Context, act Action) *Reply {
 	// Slack ignores a reply to a click: every answer goes through the
 	// response_url or an update of the card.
-	req := &request{origin: originOf(act.UserID, act.UserName, act.ChannelID, act.ChannelName, act.Received), responseURL: act.ResponseURL}
+	req := &request{origin: b.originOf(act.UserID, act.UserName, act.ChannelID, act.ChannelName, act.Received), responseURL: act.ResponseURL}
 	card, err := DecodeCard(act.Value)
 	if err != nil {
 		b.log.Warn("malformed card value", zap.String("user", act.UserID), zap.Error(err))
@@ -355,20 +383,20 @@ func (b *Bot) confirm(ctx context.Context, req *request, act Action, card Card) 
 		Origin: req.origin, Route: card.Route, To: card.To, Reason: card.Reason,
 		ForceCold: card.ForceCold, ExpectRev: card.Rev, Op: card.ID,
 	}
-	b.run(ctx, req, act.MessageTS, rreq)
+	b.run(ctx, req, act.MessageTS, card.From, rreq)
 }
 
 // run runs a rollback with a live progress message: the card (ts set) or
 // a new message. At the end the message shows the timing report and its
 // thread the audit summary.
-func (b *Bot) run(ctx context.Context, req *request, ts string, rreq commands.RollbackRequest) {
+func (b *Bot) run(ctx context.Context, req *request, ts, from string, rreq commands.RollbackRequest) {
 	channel := req.origin.Channel.ID
 	if rreq.Op == "" {
 		// Minted here so the progress message can carry it from its first
 		// post (it is the message's dedupe key).
 		rreq.Op = uuid.NewString()
 	}
-	view := ProgressView{Op: rreq.Op, Route: rreq.Route, To: rreq.To, Actor: req.origin.Actor, Reason: rreq.Reason, ForcedCold: rreq.ForceCold, Started: b.now()}
+	view := ProgressView{Op: rreq.Op, Route: rreq.Route, From: from, To: rreq.To, Actor: req.origin.Actor, Reason: rreq.Reason, ForcedCold: rreq.ForceCold, Started: b.now()}
 	if ts == "" {
 		var err error
 		ts, err = b.post(ctx, req, "", ProgressMessage(view))

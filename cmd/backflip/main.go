@@ -4,21 +4,30 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"os/user"
 	"runtime/debug"
 	"syscall"
+	"time"
 
-	"github.com/backflip-dev/backflip/audit"
-	"github.com/backflip-dev/backflip/internal/config"
-	"github.com/backflip-dev/backflip/internal/devstack"
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/backflip-dev/backflip/audit"
+	"github.com/backflip-dev/backflip/bot"
+	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/internal/config"
+	"github.com/backflip-dev/backflip/internal/devstack"
 )
 
 func main() {
@@ -39,7 +48,8 @@ const usage = `usage: backflip <command> [flags]
 commands:
   serve     run the bot: Slack (Socket Mode or HTTP), runtime endpoints, health, metrics, and — on the
             elected replica — op recovery, the audit shipper and the warm-keep monitor (config: env, see configs/bot.env.example)
-  dev       run the whole system on this machine (embedded etcd, simulated fleet and traffic, chat terminal)
+  dev       run the whole system on this machine (embedded etcd, simulated fleet and traffic, the bot on a
+            chat terminal and on loopback Slack HTTP endpoints)
   migrate   apply the audit schema to BACKFLIP_DATABASE_URL (connect as the owning role)
   version   print the version`
 
@@ -138,23 +148,73 @@ func (m Main) dev(ctx context.Context, args []string) error {
 		WarmTimeout:     cfg.Timing.WarmTimeout,
 		ConvergeTimeout: cfg.Timing.RouterConvergeTimeout,
 		AckTimeout:      cfg.Timing.AbortAckTimeout,
-		CardTTL:         cfg.Slack.CardTTL,
 		Logger:          log,
-		Out:             m.Stdout,
 	})
 	if err != nil {
 		return err
 	}
 	defer stack.Close()
-	err = stack.Serve(ctx, m.Stdin)
+
+	// The chat is the bot of `backflip serve`, with the terminal as its
+	// Slack: the same answers, cards and live progress, printed as text.
+	me := stack.Origin()
+	term := bot.NewTerminal(m.Stdout, me.Actor.ID, me.Actor.Name, me.Channel.ID, me.Channel.Name)
+	term.Interactive = isTerminal(m.Stdin)
+	term.Help = devstack.Help
+	term.Logger = log.Named("terminal")
+	b, err := bot.New(bot.Config{Transport: commands.TransportTerminal, Service: stack.Service(), Poster: term, CardTTL: cfg.Slack.CardTTL,
+		OpsChannel: me.Channel.ID, UpdateInterval: devUpdateInterval, Logger: log.Named("bot")})
+	if err != nil {
+		return err
+	}
+	term.Wait = b.Wait
+	slack, err := serveDevSlack(term.Shared(b), log.Named("slack-http"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(term, stack.Banner(slack.banner(me)))
+	stack.StartJobs(b.Notify)
+
+	err = term.Run(ctx, m.Stdin, b, func(ctx context.Context, line string) (handled, quit bool) {
+		return stack.Exec(ctx, term, line)
+	})
+	// Nothing new may start while the bot finishes what runs: a rollback
+	// confirmed just before Ctrl-C still flips, reports and is audited.
+	slack.close()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), devCloseTimeout)
+	defer cancel()
+	if cerr := b.Close(cctx); cerr != nil {
+		log.Warn("stopped before the bot's work finished", zap.Error(cerr))
+	}
 	log.Info("stopping", zap.Error(err))
 	return err
 }
+
+// devUpdateInterval spaces the live updates of a progress message at the
+// terminal: it has no rate limit, and a person watching a rollback of a
+// second or two should see its phases go by.
+const devUpdateInterval = 200 * time.Millisecond
+
+// devCloseTimeout bounds how long `backflip dev` waits for running work
+// when it stops: longer than a rollback's own bounds, so it only gives up
+// on one that is stuck.
+const devCloseTimeout = 3 * time.Minute
 
 // devRuntimes is how many simulated workflow runtimes `backflip dev` runs:
 // two, so a rollback's report shows acknowledgements being collected from
 // more than one.
 const devRuntimes = 2
+
+// isTerminal reports whether in is a terminal a person types at, rather
+// than a pipe or a file.
+func isTerminal(in io.Reader) bool {
+	f, ok := in.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
 
 // osUser names the person at the terminal: the OS user, as backflipctl
 // names its actor.
@@ -210,4 +270,71 @@ func (m Main) migrate(ctx context.Context, args []string) error {
 		fmt.Fprintln(m.Stdout, "audit schema is up to date")
 	}
 	return nil
+}
+
+// devSlack is the Slack HTTP endpoints of `backflip dev`, on loopback with
+// a signing secret made for this run, so that curl or a script can play
+// Slack against the real transport (signatures, acks, decoding) while what
+// the bot posts shows at the terminal.
+type devSlack struct {
+	secret []byte
+	url    string
+	srv    *http.Server
+	done   chan struct{}
+}
+
+func serveDevSlack(h bot.Handler, log *zap.Logger) (*devSlack, error) {
+	raw := make([]byte, 16)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, fmt.Errorf("dev signing secret: %w", err)
+	}
+	// Slack's signing secrets are hex strings whose text is the HMAC key;
+	// this one is made the same way.
+	secret := []byte(hex.EncodeToString(raw))
+	handler, err := bot.NewHTTPHandler(bot.HTTPConfig{SigningSecret: secret, Handler: h, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen for the dev Slack endpoints: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/slack/", handler)
+	s := &devSlack{secret: secret, url: "http://" + ln.Addr().String(), done: make(chan struct{}),
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("dev Slack endpoints stopped", zap.Error(err))
+		}
+	}()
+	return s, nil
+}
+
+// banner describes the endpoints for the dev stack's banner, with a curl
+// that plays Slack sending `/rollback status chat-70b` as the person at
+// the terminal. It is signed now, so it is good for Slack's five minutes;
+// the README shows how to sign a request later.
+func (s *devSlack) banner(me commands.Origin) string {
+	body := url.Values{
+		"command": {"/rollback"}, "text": {"status chat-70b"},
+		"user_id": {me.Actor.ID}, "user_name": {me.Actor.Name},
+		"channel_id": {me.Channel.ID}, "channel_name": {me.Channel.Name},
+		"trigger_id": {"dev-curl"},
+	}.Encode()
+	ts := time.Now().Unix()
+	return fmt.Sprintf(`  slack (http)        %s/slack/commands, /slack/interactions, /slack/events
+                      signing secret %s (this run's own); what the bot
+                      answers there shows at this terminal. Try (signed now, good for 5 minutes):
+    curl -sS %s/slack/commands -H 'X-Slack-Request-Timestamp: %d' -H 'X-Slack-Signature: %s' --data '%s'`,
+		s.url, s.secret, s.url, ts, bot.Sign(s.secret, ts, []byte(body)), body)
+}
+
+// close stops taking requests and waits for those being answered.
+func (s *devSlack) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(ctx)
+	<-s.done
 }

@@ -3,13 +3,24 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
+	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/backflip-dev/backflip/bot"
+	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/fleet/routing"
 	"github.com/backflip-dev/backflip/internal/etcdtest"
 )
 
@@ -48,11 +59,12 @@ func newMain(env map[string]string, stdin io.Reader, stdout, stderr io.Writer) M
 }
 
 // TestDevEndToEnd drives `backflip dev` as a user piping commands into it:
-// a pre-flight card confirmed, which rolls chat-70b back under live traffic
-// through the same use case as Slack and backflipctl; the refusals of a
-// second default rollback and of a cold target; a forced cold rollback; bad
-// input; a promotion; status and history; and a restart that keeps the
-// state.
+// the bot answers on the terminal chat as it answers Slack. A pre-flight
+// card confirmed rolls chat-70b back under live traffic, with its progress
+// as a growing list, the timing report and the audit summary in its
+// thread; then the refusals of a second default rollback and of a cold
+// target; a forced cold rollback; bad input; a promotion; status and
+// history; the dev-only verbs; and a restart that keeps the state.
 func TestDevEndToEnd(t *testing.T) {
 	state := t.TempDir()
 	script := strings.Join([]string{
@@ -68,8 +80,10 @@ func TestDevEndToEnd(t *testing.T) {
 		"status",
 		"history chat-70b",
 		"sim all chat-70b v41 sideways",
+		"sim gpu-01 chat-70b v41 warm",
 		"confirm",
 		"frobnicate",
+		"help",
 		"quit",
 		"status",
 	}, "\n") + "\n"
@@ -79,48 +93,71 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	for _, want := range []string{
 		"backflip dev is running.",
-		"backflip> /rollback status\nchat-70b: v42 (promote by dev-seed",
-		"rollback target v41 warm (4/4 nodes, 16/16 GPUs)",
-		"pre-flight: chat-70b would roll back v42 → v41 · warm ",
-		"in flight would be aborted and re-issued",
-		"type `confirm` to roll back (expires in 10m) or `cancel`",
-		"backflip> confirm\n  resolve ",
-		"4/4 nodes, 16/16 GPUs warm",
-		"3/3 routers converged",
-		"chat-70b rolled back v42 → v41 in ",
-		"· routers ",
+		"slack (http)        http://127.0.0.1:",
+		"backflip> /rollback status\n(only you) chat-70b · v42 · promote by dev-seed",
+		"✅ rollback target v41 warm (4/4 nodes, 16/16 GPUs)",
+		// The card, as PlainText.
+		"backflip> /rollback chat-70b latency spike after v42\n(only you) Checking chat-70b before rolling back…\nRoll back chat-70b v42 → v41?\n",
+		"Reason: latency spike after v42",
+		"Warm: ✅ 4/4 nodes, 16/16 GPUs warm",
+		"In flight: ",
+		"[Confirm] [Cancel]\nexpires in 10 min (",
+		// The confirm: progress, report, audit summary in the thread.
+		"backflip> confirm\n⏳ Rolling back chat-70b",
+		"✅ chat-70b rolled back v42 → v41 in ",
 		"(3/3) · in-flight ",
-		" · audit ✓",
-		"refused: chat-70b was already rolled back from v42 by dev:",
+		" · audit ✓\nop ",
+		"\n    📝 Audit summary\n    op ",
+		"\n    timings: resolve ",
+		"audit row pending (queued in etcd) · outcome completed",
+		// Refusals and bad input, to the requester only.
+		"(only you) ⛔ Refused: chat-70b was already rolled back from v42 by dev:",
 		"To go back to v42, use --to v42",
-		"refused: embed-small@v6 is not warm",
+		"(only you) ⛔ Refused: embed-small@v6 is not warm",
 		"Use --force-cold to roll back anyway",
-		"embed-small rolled back v7 → v6 in ",
+		"⏳ Rolling back embed-small · ⚠️ FORCED COLD",
+		"✅ embed-small rolled back v7 → v6 in ",
 		"FORCED COLD",
-		`bad input: "../etc" is not a valid route name`,
-		"usage: /rollback <route> [--to <version>]",
-		"bad input: a reason is required",
+		`(only you) ⚠️ Bad input: "../etc" is not a valid route name`,
+		"\n/rollback <route> [--to <version>] [--now]",
+		"(only you) ⚠️ Bad input: a reason is required",
+		// The dev-only verbs.
 		"chat-70b promoted v41 → v42 in ",
-		"chat-70b: v42 (promote by dev:",
-		"embed-small: v6 (rollback by dev:",
-		"note: audit database unavailable; showing only events not yet shipped",
-		"model.promote  chat-70b v41 → v42  completed",
-		`"latency spike after v42"`,
+		"backflip> status\n(only you) chat-70b · v42 · promote by dev:",
+		"embed-small · v6 · rollback by dev:",
+		"audit database unavailable; showing only events not yet shipped",
+		"model.promote chat-70b v41 → v42 · completed",
+		"“latency spike after v42”",
 		`unknown behaviour "sideways"`,
-		"nothing to confirm",
+		"chat-70b v41 now warm on 1 node(s); the agents report",
+		"backflip> confirm\nnothing to confirm",
 		`unknown command "frobnicate"`,
+		"(only you) /rollback: roll a model back",
+		"confirm | cancel      click the buttons of the last pre-flight card",
+		"dev-only commands:",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	// Live progress prints as a list of phases. Which states show depends
+	// on the machine's speed (updates are coalesced), not that some do.
+	if !regexp.MustCompile(`backflip> confirm\n⏳ Rolling back chat-70b[^\n]*\n(.*\n)*?(⏳|✅) (resolve|warm|flip|routers|in-flight|audit)\b`).MatchString(out) {
+		t.Errorf("the confirm shows no phase of the rollback")
+	}
 	// The rollback under traffic reports what the runtimes acknowledged;
 	// how many requests were in flight depends on the machine's speed.
-	if !regexp.MustCompile(`chat-70b rolled back v42 → v41 .* in-flight \d+ aborted, \d+ re-issued`).MatchString(out) {
+	if !regexp.MustCompile(`✅ chat-70b rolled back v42 → v41 .* in-flight \d+ aborted, \d+ re-issued`).MatchString(out) {
 		t.Errorf("the rollback's report lacks the in-flight counts")
 	}
+	// A piped script reads in order: the report and its audit summary come
+	// before the next command.
+	report, summary, next := strings.Index(out, "rolled back v42 → v41 in"), strings.Index(out, "📝 Audit summary"), strings.Index(out, "backflip> rollback chat-70b still bad")
+	if report < 0 || summary < report || next < summary {
+		t.Errorf("the confirm's report (%d) and summary (%d) do not come before the next command (%d)", report, summary, next)
+	}
 	// quit stops reading: the status after it never runs.
-	if n := strings.Count(out, "chat-70b: v42 (promote by dev:"); n != 1 {
+	if n := strings.Count(out, "chat-70b · v42 · promote by dev:"); n != 1 {
 		t.Errorf("the status after quit ran (%d)", n)
 	}
 	if t.Failed() {
@@ -130,10 +167,74 @@ func TestDevEndToEnd(t *testing.T) {
 	// State survives a restart in the same folder: the route, and the
 	// audit events still queued in etcd.
 	code, out, _ = runMain(t, nil, "status chat-70b\nhistory\n", "dev", "--state-dir", state, "--routers", "1", "--nodes", "2", "--rps", "0")
-	if code != 0 || !strings.Contains(out, "chat-70b: v42 (promote by dev:") || !strings.Contains(out, "epoch 4,") ||
-		!strings.Contains(out, "model.rollback  embed-small v7 → v6  completed") {
+	if code != 0 || !strings.Contains(out, "chat-70b · v42 · promote by dev:") || !strings.Contains(out, "· epoch 4 ·") ||
+		!strings.Contains(out, "model.rollback embed-small v7 → v6 · completed") {
 		t.Fatalf("after restart (exit %d):\n%s", code, out)
 	}
+}
+
+// devSession is `backflip dev` running with a pipe as its standard input,
+// typed into line by line as a person would.
+type devSession struct {
+	t      *testing.T
+	ctx    context.Context
+	out    *syncBuffer
+	errOut *syncBuffer
+	typist *io.PipeWriter
+	done   chan int
+}
+
+func startDev(t *testing.T, env map[string]string, args ...string) *devSession {
+	t.Helper()
+	in, typist := io.Pipe()
+	t.Cleanup(func() { _ = typist.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	s := &devSession{t: t, ctx: ctx, out: &syncBuffer{}, errOut: &syncBuffer{}, typist: typist, done: make(chan int, 1)}
+	m := newMain(env, in, s.out, s.errOut)
+	go func() { s.done <- m.Run(ctx, append([]string{"dev"}, args...)) }()
+	return s
+}
+
+// waitFor waits until the output holds want at least n times.
+func (s *devSession) waitFor(want string, n int) {
+	s.t.Helper()
+	for strings.Count(s.out.String(), want) < n {
+		select {
+		case code := <-s.done:
+			s.t.Fatalf("backflip dev ended (exit %d) before printing %q:\n%s\n%s", code, want, s.out.String(), s.errOut.String())
+		case <-s.ctx.Done():
+			s.t.Fatalf("no %q:\n%s\n%s", want, s.out.String(), s.errOut.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// say types a line and waits until the output has grown by want.
+func (s *devSession) say(line, want string) {
+	s.t.Helper()
+	before := strings.Count(s.out.String(), want)
+	if _, err := io.WriteString(s.typist, line+"\n"); err != nil {
+		s.t.Fatalf("type %q: %v", line, err)
+	}
+	s.waitFor(want, before+1)
+}
+
+// end closes the input and returns what was printed once dev exits.
+func (s *devSession) end() string {
+	s.t.Helper()
+	if err := s.typist.Close(); err != nil {
+		s.t.Fatal(err)
+	}
+	select {
+	case code := <-s.done:
+		if code != 0 {
+			s.t.Fatalf("exit %d:\n%s\n%s", code, s.out.String(), s.errOut.String())
+		}
+	case <-s.ctx.Done():
+		s.t.Fatalf("backflip dev did not stop at the end of its input:\n%s", s.out.String())
+	}
+	return s.out.String()
 }
 
 // TestDevPreflightCard types at `backflip dev` the way a person does, one
@@ -141,66 +242,113 @@ func TestDevEndToEnd(t *testing.T) {
 // unless it is confirmed in time: an expired card, a cancelled one, a
 // confirm with no card, and a card left open when the input ends.
 func TestDevPreflightCard(t *testing.T) {
-	in, typist := io.Pipe()
-	t.Cleanup(func() { _ = typist.Close() })
-	var out, errOut syncBuffer
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	m := newMain(map[string]string{"BACKFLIP_CARD_TTL": "300ms"}, in, &out, &errOut)
-	done := make(chan int, 1)
-	go func() {
-		done <- m.Run(ctx, []string{"dev", "--state-dir", t.TempDir(), "--routers", "1", "--nodes", "2", "--rps", "0"})
-	}()
+	s := startDev(t, map[string]string{"BACKFLIP_CARD_TTL": "300ms"}, "--state-dir", t.TempDir(), "--routers", "1", "--nodes", "2", "--rps", "0")
+	s.waitFor("backflip dev is running.", 1)
 
-	// say types a line and waits until the output has grown by want.
-	say := func(line, want string) {
-		t.Helper()
-		before := strings.Count(out.String(), want)
-		if _, err := io.WriteString(typist, line+"\n"); err != nil {
-			t.Fatalf("type %q: %v", line, err)
-		}
-		for strings.Count(out.String(), want) == before {
-			select {
-			case code := <-done:
-				t.Fatalf("backflip dev ended (exit %d) before answering %q with %q:\n%s\n%s", code, line, want, out.String(), errOut.String())
-			case <-ctx.Done():
-				t.Fatalf("no %q after %q:\n%s\n%s", want, line, out.String(), errOut.String())
-			case <-time.After(10 * time.Millisecond):
-			}
-		}
-	}
-
-	say("/rollback chat-70b latency spike", "type `confirm` to roll back (expires in 300ms) or `cancel`")
+	s.say("/rollback chat-70b latency spike", "[Confirm] [Cancel]")
 	// Past the card's validity, whatever the machine's speed: a confirm
 	// now is refused and changes nothing.
 	time.Sleep(time.Second)
-	say("confirm", "the pre-flight card for chat-70b expired")
-	say("confirm", "nothing to confirm")
+	s.say("confirm", "(only you) ⛔ Refused: this card expired; nothing was changed.")
+	s.waitFor("; nothing was changed. Run /rollback chat-70b again for a fresh check.", 1)
+	s.say("confirm", "nothing to confirm")
 
-	say("/rollback chat-70b latency spike", "type `confirm` to roll back")
-	say("cancel", "cancelled: chat-70b stays on v42; nothing changed")
-	say("confirm", "nothing to confirm")
-	say("cancel", "nothing to cancel")
+	s.say("/rollback chat-70b latency spike", "[Confirm] [Cancel]")
+	s.say("cancel", "Cancelled by dev:")
+	s.say("confirm", "nothing to confirm")
+	s.say("cancel", "nothing to cancel")
 
-	say("/rollback status chat-70b", "chat-70b: v42 (promote by dev-seed")
-	say("/rollback chat-70b latency spike", "type `confirm` to roll back")
-	if err := typist.Close(); err != nil {
-		t.Fatal(err)
+	s.say("/rollback status chat-70b", "(only you) chat-70b · v42 · promote by dev-seed")
+	s.say("/rollback chat-70b latency spike", "[Confirm] [Cancel]")
+	got := s.end()
+	if !strings.Contains(got, "Roll back chat-70b v42 → v41\nThis card expired at ") {
+		t.Errorf("the expired card is not shown closed:\n%s", got)
 	}
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("exit %d:\n%s\n%s", code, out.String(), errOut.String())
-		}
-	case <-ctx.Done():
-		t.Fatalf("backflip dev did not stop at the end of its input:\n%s", out.String())
-	}
-	got := out.String()
 	if !strings.Contains(got, "the pre-flight card for chat-70b was not confirmed; nothing changed") {
 		t.Errorf("the card left open at the end of input is not mentioned:\n%s", got)
 	}
 	if strings.Contains(got, "rolled back v42") {
 		t.Errorf("an unconfirmed card rolled back:\n%s", got)
+	}
+}
+
+// TestDevSlackEndpoint plays Slack against the loopback endpoints `backflip
+// dev` prints: the curl of its banner, a card requested over HTTP and
+// confirmed at the terminal, another user's command, and a request signed
+// with the wrong secret.
+func TestDevSlackEndpoint(t *testing.T) {
+	s := startDev(t, nil, "--state-dir", t.TempDir(), "--routers", "1", "--nodes", "2", "--rps", "0")
+	s.waitFor("Ctrl-C or \"quit\" stops everything.", 1)
+	banner := s.out.String()
+	curl := regexp.MustCompile(`curl -sS (http://127\.0\.0\.1:\d+/slack/commands) -H 'X-Slack-Request-Timestamp: (\d+)' -H 'X-Slack-Signature: (v0=[0-9a-f]{64})' --data '([^']+)'`).FindStringSubmatch(banner)
+	secret := regexp.MustCompile(`signing secret ([0-9a-f]{32}) `).FindStringSubmatch(banner)
+	me := regexp.MustCompile(`you +(dev:\S+) in channel #dev`).FindStringSubmatch(banner)
+	if curl == nil || secret == nil || me == nil {
+		t.Fatalf("the banner lacks the endpoint, its secret, a curl or who you are:\n%s", banner)
+	}
+	endpoint := curl[1]
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	post := func(ts, sig, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-Slack-Request-Timestamp", ts)
+		req.Header.Set("X-Slack-Signature", sig)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	signed := func(secret string, form url.Values) (int, string) {
+		t.Helper()
+		body := form.Encode()
+		now := time.Now().Unix()
+		return post(strconv.FormatInt(now, 10), bot.Sign([]byte(secret), now, []byte(body)), body)
+	}
+	slash := func(user, text string) url.Values {
+		return url.Values{"command": {"/rollback"}, "text": {text}, "user_id": {user}, "user_name": {"someone"},
+			"channel_id": {"dev"}, "channel_name": {"dev"}, "trigger_id": {"t-" + strconv.FormatInt(time.Now().UnixNano(), 36)}}
+	}
+
+	// The banner's curl, as pasted: the answer shows at the terminal.
+	if code, _ := post(curl[2], curl[3], curl[4]); code != http.StatusOK {
+		t.Fatalf("the banner's curl got %d", code)
+	}
+	s.waitFor("(only you) chat-70b · v42 · promote by dev-seed", 1)
+
+	// A card asked for over HTTP shows at the terminal, and confirm there
+	// clicks it.
+	code, ack := signed(secret[1], slash(me[1], "chat-70b latency spike from slack"))
+	if code != http.StatusOK || !strings.Contains(ack, "Checking chat-70b before rolling back") {
+		t.Fatalf("the slash command got %d %q", code, ack)
+	}
+	s.waitFor("[Confirm] [Cancel]", 1)
+	s.say("confirm", "📝 Audit summary")
+	if got := s.out.String(); !strings.Contains(got, "Reason: latency spike from slack") || !strings.Contains(got, "✅ chat-70b rolled back v42 → v41 in ") {
+		t.Fatalf("the card from Slack was not confirmed at the terminal:\n%s", got)
+	}
+
+	// Someone else's command is theirs alone.
+	if code, _ := signed(secret[1], slash("U0BOB", "status chat-70b")); code != http.StatusOK {
+		t.Fatalf("status from U0BOB got %d", code)
+	}
+	s.waitFor("(only U0BOB) chat-70b · v41 · rollback by "+me[1], 1)
+
+	// A request signed with another secret is refused before the bot sees
+	// it.
+	if code, _ := signed(strings.Repeat("0", 32), slash(me[1], "chat-70b --to v42 --now forged")); code != http.StatusUnauthorized {
+		t.Fatalf("a forged request got %d", code)
+	}
+	got := s.end()
+	if strings.Contains(got, "forged") {
+		t.Fatalf("a forged request reached the bot:\n%s", got)
 	}
 }
 
@@ -234,5 +382,37 @@ func TestUsageErrors(t *testing.T) {
 	})
 	if code, out, _ := runMain(t, nil, "", "version"); code != 0 || !strings.HasPrefix(out, "backflip ") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+// TestDevRecoveryNotice leaves an op behind as a dead `backflip dev` would
+// (started, its owner's lease gone) and checks that op recovery closes it
+// and the notice reaches the terminal through the bot, in the op's thread.
+func TestDevRecoveryNotice(t *testing.T) {
+	s := startDev(t, nil, "--state-dir", t.TempDir(), "--routers", "1", "--nodes", "2", "--rps", "0")
+	s.waitFor(`Ctrl-C or "quit" stops everything.`, 1)
+	ep := regexp.MustCompile(`etcd \(embedded\) +(http://127\.0\.0\.1:\d+)`).FindStringSubmatch(s.out.String())
+	if ep == nil {
+		t.Fatalf("the banner lacks the etcd endpoint:\n%s", s.out.String())
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep[1]}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	op := uuid.NewString()
+	rec, err := json.Marshal(commands.OpRecord{Kind: routing.KindRollback, Route: "chat-70b", From: "v42", To: "v41",
+		Phase: commands.OpPhaseStarted, Actor: "dev:someone", Reason: "left behind", Channel: "dev", TS: "1.000001",
+		Owner: "7fffffff", Started: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(s.ctx, "/backflip/ops/"+op, string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("op "+op+" · finished by op recovery on another backflip replica", 1)
+	got := s.end()
+	if !regexp.MustCompile(`\n    ℹ️ [^\n]*\n    op ` + op).MatchString(got) {
+		t.Fatalf("the recovery notice is not a reply in the op's thread:\n%s", got)
 	}
 }

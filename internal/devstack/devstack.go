@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,13 +28,12 @@ const (
 	defaultNodes       = 8
 	defaultRuntimes    = 2
 	defaultWarmTimeout = 2 * time.Second
-	defaultCardTTL     = 10 * time.Minute
 	// warmMaxAge is how old an agent's warm observation may be before the
 	// checker asks for a fresh canary. Production allows 15 s; the dev
 	// stack asks sooner so that a `sim` command that breaks an engine is
 	// reflected by the next rollback a person types, not 15 s later.
 	warmMaxAge = 3 * time.Second
-	// ownerTTL is the TTL, in seconds, of the terminal's owner lease and of
+	// ownerTTL is the TTL, in seconds, of the stack's owner lease and of
 	// the singleton election: a dev stack killed mid-operation has its op
 	// recovered by the next one about this long after.
 	ownerTTL = 10
@@ -78,16 +76,10 @@ type Config struct {
 	// packages' defaults.
 	ConvergeTimeout time.Duration
 	AckTimeout      time.Duration
-	// CardTTL is how long a pre-flight card typed at the terminal can be
-	// confirmed (BACKFLIP_CARD_TTL). Default 10m.
-	CardTTL time.Duration
 	// Logger receives the stack's logs. Required.
 	Logger *zap.Logger
-	// Out is the terminal: answers, progress and recovery notices. Default
-	// discarded.
-	Out io.Writer
-	// Now is the clock of the fleet, the use cases and the pre-flight
-	// cards' expiry. Default time.Now.
+	// Now is the clock of the fleet and the use cases. Default
+	// time.Now.
 	Now func() time.Time
 }
 
@@ -113,12 +105,6 @@ func (c *Config) defaults() {
 	if c.WarmTimeout <= 0 {
 		c.WarmTimeout = defaultWarmTimeout
 	}
-	if c.CardTTL <= 0 {
-		c.CardTTL = defaultCardTTL
-	}
-	if c.Out == nil {
-		c.Out = io.Discard
-	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -138,7 +124,6 @@ type Stack struct {
 	svc        *commands.Service
 	// origin is who types at the terminal, and where.
 	origin commands.Origin
-	con    *console
 	// stopJobs ends the singleton jobs; jobs is waited for on Close.
 	stopJobs context.CancelFunc
 	jobs     sync.WaitGroup
@@ -148,14 +133,14 @@ type Stack struct {
 
 // Start brings the stack up: etcd, then the simulated fleet (which seeds
 // the demo routes the first time), then the use cases of the commands
-// package over them — the same Service the bot and backflipctl run — and
-// the op recovery job.
+// package over them — the same Service the bot and backflipctl run.
+// StartJobs starts op recovery once there is a chat to tell about it.
 func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	cfg.defaults()
 	if cfg.Logger == nil {
 		return nil, errors.New("devstack: Logger is required")
 	}
-	s := &Stack{cfg: cfg, con: &console{w: cfg.Out}}
+	s := &Stack{cfg: cfg}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -201,7 +186,6 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := s.startService(); err != nil {
 		return nil, err
 	}
-	s.startRecovery(ctx)
 	if cfg.RPS > 0 {
 		// The first rollback a person pipes in right away should find
 		// requests in flight, as it would in production: give the traffic
@@ -215,7 +199,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	return s, nil
 }
 
-// startService builds the commands.Service the terminal calls, wired to the
+// startService builds the commands.Service the chat calls, wired to the
 // dev stack as `backflip serve` wires it to production: warm checks against
 // the simulated agents, abort signals to the simulated runtimes, an owner
 // lease for op records, and access settings that let the person at the
@@ -268,15 +252,25 @@ func (s *Stack) startService() error {
 }
 
 // devChannel is the terminal's channel: the one incident channel of the dev
-// stack.
+// stack, and its ops channel.
 const devChannel = "dev"
 
-// startRecovery runs op recovery as the singleton job it is in production,
+// Service is the stack's commands.Service, for the chat (the bot on the
+// terminal and on the loopback Slack endpoints) to call.
+func (s *Stack) Service() *commands.Service { return s.svc }
+
+// Origin is the person at the terminal and their channel: the actor the
+// stack's access settings allow to roll back and promote, in the one
+// incident channel.
+func (s *Stack) Origin() commands.Origin { return s.origin }
+
+// StartJobs runs op recovery as the singleton job it is in production,
 // under the etcd election, so that a dev stack killed in the middle of a
-// rollback has it finished (or closed) by the next one; what it did is
-// printed at the terminal.
-func (s *Stack) startRecovery(ctx context.Context) {
-	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+// rollback has it finished (or closed) by the next one; notify tells the
+// chat what it did, as the bot's Notify does in production. Call it once;
+// Close stops it.
+func (s *Stack) StartJobs(notify func(context.Context, commands.Notice)) {
+	jctx, cancel := context.WithCancel(context.Background())
 	s.stopJobs = cancel
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("dev:%s:%d", host, os.Getpid())
@@ -285,9 +279,7 @@ func (s *Stack) startRecovery(ctx context.Context) {
 		commands.RunElected(jctx, s.client, s.cfg.Prefix, id, ownerTTL, log, commands.Job{
 			Name: "op-recovery",
 			Run: func(ctx context.Context) {
-				s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) {
-					s.con.notice("recovery: " + n.Text)
-				})
+				s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) { notify(ctx, n) })
 			},
 		})
 	})

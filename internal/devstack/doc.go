@@ -4,16 +4,18 @@
 // routers embedding the real reader library, and workflow runtimes on the
 // real SDK carrying synthetic traffic); the commands.Service that Slack and
 // backflipctl use, wired to them, with op recovery running as a singleton
-// job; and a terminal that speaks the chat grammar of /rollback, pre-flight
-// card included, plus a few dev-only verbs (promote, fleet, sim).
+// job; and a few dev-only verbs (promote, fleet, sim, quit) for the
+// terminal to offer besides the chat.
 //
-// The terminal is a transport, like the bot: it parses with
-// commands.Parse, calls the use cases, and prints their results and
-// errors. It must not decide anything a use case decides (what a rollback
-// does, who may act, what is refused), so that what a person tries here is
-// what production does.
+// The chat itself is not here: cmd/backflip puts the bot on the Service,
+// with the terminal chat adapter of the bot package as its Slack, so what a
+// person types at `backflip dev` is answered by the same code, and rendered
+// from the same messages, as in Slack. The dev-only verbs call the use
+// cases directly and must not decide anything a use case decides (what a
+// rollback does, who may act, what is refused).
 //
 // It is the embedded default, not production: it must not be imported by
-// anything but cmd/backflip, must not need a network, a Slack workspace or an
-// external etcd, and must leave nothing running when it is closed.
+// anything but cmd/backflip, must not import the bot package (nothing but
+// cmd does), must not need a network, a Slack workspace or an external
+// etcd, and must leave nothing running when it is closed.
 package devstack

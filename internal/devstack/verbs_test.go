@@ -3,14 +3,13 @@ package devstack
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/backflip-dev/backflip/commands"
 )
 
 // The stack itself is driven end to end through `backflip dev` by
-// cmd/backflip's tests; these cover the terminal's own small parsers and
-// its output.
+// cmd/backflip's tests; these cover the small parsers of the dev-only
+// verbs.
 
 func TestSplitVerb(t *testing.T) {
 	for _, tc := range []struct {
@@ -85,37 +84,4 @@ func FuzzParsePromote(f *testing.F) {
 			}
 		}
 	})
-}
-
-func TestShortDuration(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		10 * time.Minute:                   "10m",
-		90 * time.Second:                   "1m30s",
-		time.Hour:                          "1h",
-		time.Hour + 30*time.Minute:         "1h30m",
-		300 * time.Millisecond:             "300ms",
-		2*time.Hour + 5*time.Second:        "2h0m5s",
-		45 * time.Second:                   "45s",
-		time.Minute + 500*time.Millisecond: "1m0.5s",
-	} {
-		if got := shortDuration(d); got != want {
-			t.Errorf("shortDuration(%v) = %q; want %q", d, got, want)
-		}
-	}
-}
-
-// TestConsoleNotice checks that a notice arriving while the person is at
-// the prompt is printed on its own line and the prompt shown again, and
-// that one arriving while a command prints is just a line.
-func TestConsoleNotice(t *testing.T) {
-	var b strings.Builder
-	c := &console{w: &b}
-	c.prompt()
-	c.notice("recovery: op 1 finished")
-	c.printf("status\n")
-	c.notice("recovery: op 2 finished")
-	want := prompt + "\nrecovery: op 1 finished\n" + prompt + "status\nrecovery: op 2 finished\n"
-	if b.String() != want {
-		t.Fatalf("console wrote %q; want %q", b.String(), want)
-	}
 }
