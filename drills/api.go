@@ -35,7 +35,9 @@ func (k Keys) Run(route string, scheduled int64) string {
 // Announcements is the prefix of announcement records (one per scheduled
 // run and offset, created with CreateRevision == 0 so a leader change never
 // announces twice).
-func (k Keys) Announcements(route string) string { return k.Prefix + "/drills/announcements/" + route + "/" }
+func (k Keys) Announcements(route string) string {
+	return k.Prefix + "/drills/announcements/" + route + "/"
+}
 
 // Schedule is the value at drills/schedules/<route> (contract shape, plus
 // created_at and skip).
