@@ -283,11 +283,39 @@ func (b *Bot) history(ctx context.Context, req *request, c commands.HistoryCmd) 
 func (b *Bot) drill(ctx context.Context, req *request, c commands.DrillCommand) {
 	b.resolveChannel(ctx, &req.origin)
 	r, err := b.svc.Drill(ctx, req.origin, c, nil)
-	if err != nil {
+	if err != nil && r.Text == "" {
 		b.reply(ctx, req, ErrorReply(err))
 		return
 	}
-	b.reply(ctx, req, DrillReplyMessage(r))
+	up, canUpload := b.out.(Uploader)
+	if _, isRun := c.(commands.DrillRunCmd); !isRun && (r.Chart == nil || !canUpload) {
+		b.reply(ctx, req, DrillReplyMessage(r))
+		return
+	}
+	// A drill run's report and a history chart are for the channel: people
+	// read a trend faster than a table, and a drill is everyone's news.
+	ts, perr := b.post(ctx, req, "", DrillReplyMessage(r))
+	if perr != nil {
+		b.reply(ctx, req, DrillReplyMessage(r))
+		return
+	}
+	if r.Chart != nil && canUpload && ts != "" {
+		if uerr := up.UploadPNG(ctx, req.origin.Channel.ID, ts, "drill-history.png", "Drill durations", r.Chart); uerr != nil {
+			b.log.Warn("drill chart not uploaded", zap.Error(uerr))
+		}
+	}
+}
+
+// Uploader uploads pictures into a thread; *Slack implements it.
+type Uploader interface {
+	UploadPNG(ctx context.Context, channel, threadTS, filename, title string, png []byte) error
+}
+
+// Announce posts text in a channel (drill announcements and scheduled
+// drills' reports): the Bot is the drills' Announcer.
+func (b *Bot) Announce(ctx context.Context, channel, text string) error {
+	_, err := b.out.Post(ctx, channel, "", DrillReplyMessage(commands.DrillReply{Text: text}))
+	return err
 }
 
 // card runs a dry run and posts the pre-flight card in the channel.

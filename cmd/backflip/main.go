@@ -47,7 +47,7 @@ const usage = `usage: backflip <command> [flags]
 
 commands:
   serve     run the bot: Slack (Socket Mode or HTTP), runtime endpoints, health, metrics, and — on the
-            elected replica — op recovery, the audit shipper and the warm-keep monitor (config: env, see configs/bot.env.example)
+            elected replica — op recovery, the audit shipper, the warm-keep monitor and the drill scheduler (config: env, see configs/bot.env.example)
   dev       run the whole system on this machine (embedded etcd, simulated fleet and traffic, the bot on a
             chat terminal and on loopback Slack HTTP endpoints)
   migrate   apply the audit schema to BACKFLIP_DATABASE_URL (connect as the owning role)
@@ -173,7 +173,9 @@ func (m Main) dev(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintln(term, stack.Banner(slack.banner(me)))
-	stack.StartJobs(b.Notify)
+	if err := stack.StartJobs(b.Notify, b); err != nil {
+		return err
+	}
 
 	err = term.Run(ctx, m.Stdin, b, func(ctx context.Context, line string) (handled, quit bool) {
 		return stack.Exec(ctx, term, line)

@@ -21,6 +21,7 @@ import (
 	"github.com/backflip-dev/backflip/audit"
 	"github.com/backflip-dev/backflip/bot"
 	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/drills"
 	"github.com/backflip-dev/backflip/fleet/runtime"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/config"
@@ -68,6 +69,7 @@ type server struct {
 	slack    *bot.Slack
 	checker  *warm.Checker
 	shipper  *audit.Shipper
+	drills   *drills.Scheduler
 	registry *prometheus.Registry
 	handler  http.Handler
 	id       string
@@ -124,6 +126,19 @@ func newServer(ctx context.Context, cfg *config.Config, log *zap.Logger) (_ *ser
 		return nil, err
 	}
 	if s.bot, err = bot.New(bot.Config{Service: s.svc, Poster: s.slack, Channels: s.slack, CardTTL: cfg.Slack.CardTTL, OpsChannel: cfg.Slack.OpsChannel, Logger: log.Named("bot")}); err != nil {
+		return nil, err
+	}
+	ds, err := drills.New(drills.Config{
+		Etcd: s.etcd, Prefix: cfg.Etcd.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.session, DB: pool,
+		Announcer: s.bot, AnnounceChannel: cfg.Slack.AnnounceChannel,
+		VerifyWindow: cfg.Timing.DrillVerifyWindow, QuietPeriod: cfg.Timing.DrillQuietPeriod, SLO: cfg.Timing.RollbackSLO,
+		Logger: log.Named("drills"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.svc.SetDrills(ds)
+	if s.drills, err = ds.Scheduler(15 * time.Second); err != nil {
 		return nil, err
 	}
 	if s.shipper, err = audit.NewShipper(audit.ShipperConfig{Etcd: s.etcd, Prefix: cfg.Etcd.Prefix, DB: pool, Logger: log.Named("audit"), Registerer: s.registry}); err != nil {
@@ -235,6 +250,7 @@ func (s *server) jobs() []commands.Job {
 				s.log.Error("audit shipper stopped", zap.Error(err))
 			}
 		}},
+		{Name: "drill-scheduler", Run: s.drills.Run},
 		{Name: "warm-keep", Run: func(ctx context.Context) {
 			mon, err := warm.NewMonitor(warm.MonitorConfig{Checker: s.checker, KV: s.etcd, Prefix: s.cfg.Etcd.Prefix, Logger: s.log.Named("warm-keep"),
 				Emit: func(ev warm.Event) {

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/drills"
 	"github.com/backflip-dev/backflip/fleet/runtime"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/embedetcd"
@@ -269,7 +270,26 @@ func (s *Stack) Origin() commands.Origin { return s.origin }
 // rollback has it finished (or closed) by the next one; notify tells the
 // chat what it did, as the bot's Notify does in production. Call it once;
 // Close stops it.
-func (s *Stack) StartJobs(notify func(context.Context, commands.Notice)) {
+//
+// It also sets up drills: /drill runs them through the same rollback path,
+// and the drill scheduler runs as a second singleton job, announcing in
+// the terminal's channel through announce. The dev stack's quiet period is
+// short (devQuietPeriod), because its routes were promoted a moment ago.
+func (s *Stack) StartJobs(notify func(context.Context, commands.Notice), announce drills.Announcer) error {
+	ds, err := drills.New(drills.Config{
+		Etcd: s.client, Prefix: s.cfg.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.owner,
+		Announcer: announce, AnnounceChannel: devChannel,
+		VerifyWindow: devVerifyWindow, QuietPeriod: devQuietPeriod,
+		Logger: s.cfg.Logger.Named("drills"), Now: s.cfg.Now,
+	})
+	if err != nil {
+		return err
+	}
+	s.svc.SetDrills(ds)
+	sched, err := ds.Scheduler(devSchedulerTick)
+	if err != nil {
+		return err
+	}
 	jctx, cancel := context.WithCancel(context.Background())
 	s.stopJobs = cancel
 	host, _ := os.Hostname()
@@ -281,9 +301,19 @@ func (s *Stack) StartJobs(notify func(context.Context, commands.Notice)) {
 			Run: func(ctx context.Context) {
 				s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) { notify(ctx, n) })
 			},
-		})
+		}, commands.Job{Name: "drill-scheduler", Run: sched.Run})
 	})
+	return nil
 }
+
+// The dev stack's drill timing: a short hold and quiet period so a drill
+// can be watched within a minute of `make run`, and a scheduler that looks
+// every few seconds.
+const (
+	devVerifyWindow  = 3 * time.Second
+	devQuietPeriod   = 10 * time.Second
+	devSchedulerTick = 5 * time.Second
+)
 
 // Endpoint is the embedded etcd's client URL.
 func (s *Stack) Endpoint() string { return s.etcd.Endpoint() }
