@@ -30,6 +30,10 @@ const SchedulerActor = "system:drill-scheduler"
 // found due, and short enough that etcd does not collect them forever.
 const recordTTL = 7 * 24 * time.Hour
 
+// writeTimeout bounds a record write and what must follow it (the post
+// of an announcement), which run detached from the tick's cancellation.
+const writeTimeout = 10 * time.Second
+
 // RunFunc runs one scheduled drill of route, the one due at scheduled. The
 // runner reports its outcome in chat and audit itself; the scheduler only
 // records in the run record whether it returned an error.
@@ -96,12 +100,17 @@ type Scheduler struct {
 	// most once an hour (by the real clock: it is etcd's time that counts).
 	lease   clientv3.LeaseID
 	leaseAt time.Time
-	// lastTick is the clock at the end of the last Once that read the
+	// lastTick is the clock reading of the last Once that read the
 	// schedules, to tell "no leader" from "could not start in time".
 	lastTick time.Time
 	// warned remembers malformed schedules already logged, by revision,
 	// so a bad value is logged once and not every tick.
 	warned map[string]int64
+	// mine are the run and announcement records this scheduler created
+	// and acted on, by key, with the run time they are for (to forget
+	// them once past the window). A record is acted on at most once per
+	// scheduler even when a lost reply makes create re-read it.
+	mine map[string]time.Time
 }
 
 // NewScheduler checks cfg, fills in its defaults and returns a Scheduler.
@@ -150,7 +159,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	return &Scheduler{
 		cfg: cfg, etcd: cfg.Etcd, keys: Keys{Prefix: cfg.Prefix}, outbox: audit.Keys{Prefix: cfg.Prefix},
 		routes: routes, log: cfg.Logger, now: cfg.Now,
-		running: map[string]bool{}, warned: map[string]int64{},
+		running: map[string]bool{}, warned: map[string]int64{}, mine: map[string]time.Time{},
 	}, nil
 }
 
@@ -220,6 +229,11 @@ func (s *Scheduler) once(ctx, drillCtx context.Context) error {
 	}
 	s.mu.Lock()
 	s.lastTick = now
+	for k, at := range s.mine {
+		if at.Before(now.Add(-s.cfg.Lookback - time.Hour)) {
+			delete(s.mine, k)
+		}
+	}
 	s.mu.Unlock()
 	return errors.Join(errs...)
 }
@@ -288,7 +302,9 @@ func (s *Scheduler) runs(ctx, drillCtx context.Context, now, lastTick time.Time,
 		}
 	}
 	if len(late) > 0 {
-		s.announce(ctx, e.route, s.lateNotice(e, late, now))
+		nctx, cancel := detached(ctx)
+		s.announce(nctx, e.route, s.lateNotice(e, late, now))
+		cancel()
 	}
 	return errors.Join(errs...)
 }
@@ -296,7 +312,7 @@ func (s *Scheduler) runs(ctx, drillCtx context.Context, now, lastTick time.Time,
 // lateReason says why a run was not started in time, for the audit event
 // and the notice.
 func (s *Scheduler) lateReason(route string, t, now, lastTick time.Time) string {
-	by := schedSpan(now.Sub(t))
+	by := lateSpan(now.Sub(t))
 	s.mu.Lock()
 	busy := s.running[route]
 	s.mu.Unlock()
@@ -359,7 +375,9 @@ func (s *Scheduler) skipAsked(ctx context.Context, e schedEntry, t time.Time) er
 	if err != nil || !ok {
 		return err
 	}
-	s.announce(ctx, e.route, fmt.Sprintf("The drill of %s due at %s was skipped, as asked with /drill skip. %s", e.route, runClock(t), s.nextText(e, s.now())))
+	nctx, cancel := detached(ctx)
+	defer cancel()
+	s.announce(nctx, e.route, fmt.Sprintf("The drill of %s due at %s was skipped, as asked with /drill skip. %s", e.route, runClock(t), s.nextText(e, s.now())))
 	return nil
 }
 
@@ -396,26 +414,83 @@ func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time
 	if err != nil {
 		return false, err
 	}
-	lease, err := s.recordLease(ctx)
-	if err != nil {
-		return false, err
-	}
 	key := s.keys.Run(e.route, t.Unix())
+	if extra == nil {
+		extra = &txnExtra{}
+	}
+	extra.ops = append(extra.ops, put)
+	created, _, err := s.create(ctx, key, t, val, extra)
+	if err != nil {
+		return false, fmt.Errorf("record the skipped run at %s: %w", t.Format(time.RFC3339), err)
+	}
+	if created {
+		s.log.Info("drill skipped", zap.String("route", e.route), zap.Time("scheduled", t), zap.String("reason", reason))
+	}
+	return created, nil
+}
+
+// create puts val at key, leased for recordTTL, if the key does not exist
+// and extra's compares hold, together with extra's writes, in one
+// transaction. It reports whether this call created the key, and at which
+// revision. at is the run time the record is for.
+//
+// The transaction runs on a context detached from ctx's cancellation
+// (bounded by its own timeout) once ctx is still live at the start: what
+// follows a creation — an announcement, a skip notice — must not be lost
+// to a leadership change in between, and the CreateRevision guard keeps
+// it at most once whoever finishes it. After an error the key is re-read,
+// because the write may have landed with its reply lost: a value equal to
+// val names this replica's lease, so it is this scheduler's, and unless
+// this scheduler has already acted on the key it is this call's.
+func (s *Scheduler) create(ctx context.Context, key string, at time.Time, val []byte, extra *txnExtra) (bool, int64, error) {
+	if err := ctx.Err(); err != nil {
+		return false, 0, err
+	}
+	s.mu.Lock()
+	_, done := s.mine[key]
+	s.mu.Unlock()
+	if done {
+		return false, 0, nil
+	}
+	wctx, cancel := detached(ctx)
+	defer cancel()
+	lease, err := s.recordLease(wctx)
+	if err != nil {
+		return false, 0, err
+	}
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
-	ops := []clientv3.Op{clientv3.OpPut(key, string(val), clientv3.WithLease(lease)), put}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(val), clientv3.WithLease(lease))}
 	if extra != nil {
 		cmps = append(cmps, extra.cmps...)
 		ops = append(ops, extra.ops...)
 	}
-	resp, err := s.etcd.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil {
-		s.forgetLease(err)
-		return false, fmt.Errorf("record the skipped run at %s: %w", t.Format(time.RFC3339), err)
+	resp, err := s.etcd.Txn(wctx).If(cmps...).Then(ops...).Commit()
+	if err == nil {
+		if resp.Succeeded {
+			s.markMine(key, at)
+		}
+		return resp.Succeeded, resp.Header.Revision, nil
 	}
-	if resp.Succeeded {
-		s.log.Info("drill skipped", zap.String("route", e.route), zap.Time("scheduled", t), zap.String("reason", reason))
+	s.forgetLease(err)
+	rctx, rcancel := detached(ctx)
+	defer rcancel()
+	if g, gerr := s.etcd.Get(rctx, key); gerr == nil && len(g.Kvs) == 1 && string(g.Kvs[0].Value) == string(val) {
+		s.markMine(key, at)
+		return true, g.Kvs[0].ModRevision, nil
 	}
-	return resp.Succeeded, nil
+	return false, 0, err
+}
+
+func (s *Scheduler) markMine(key string, at time.Time) {
+	s.mu.Lock()
+	s.mine[key] = at
+	s.mu.Unlock()
+}
+
+// detached returns a context that keeps ctx's values but not its
+// cancellation, bounded by writeTimeout.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 }
 
 // clearSkip removes a skip whose run is long past, guarded on the
@@ -458,36 +533,48 @@ func (s *Scheduler) start(ctx, drillCtx context.Context, route string, t, now ti
 		release()
 		return err
 	}
-	lease, err := s.recordLease(ctx)
-	if err != nil {
-		release()
-		return err
-	}
 	key := s.keys.Run(route, t.Unix())
-	resp, err := s.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).
-		Commit()
+	created, rev, err := s.create(ctx, key, t, val, nil)
 	if err != nil {
-		// The record may have been created with its reply lost; then no
-		// one runs this drill, which is the safe side of exactly once.
-		// The next tick finds the record, or creates it.
+		// The claim did not land (create re-read it): no one runs this
+		// drill yet, and the next tick claims it again.
 		release()
-		s.forgetLease(err)
 		return fmt.Errorf("claim the run at %s: %w", t.Format(time.RFC3339), err)
 	}
-	if !resp.Succeeded {
+	if !created {
 		release()
 		return nil
 	}
-	rev := resp.Header.Revision
-	s.log.Info("drill starting", zap.String("route", route), zap.Time("scheduled", t), zap.Int64("rev", rev))
 	s.drills.Go(func() {
 		defer release()
+		if drillCtx.Err() != nil {
+			// Leadership ended while the claim was being written: give
+			// the run back, so the next leader starts it instead of
+			// nobody.
+			s.unclaim(drillCtx, key, rev)
+			return
+		}
+		s.log.Info("drill starting", zap.String("route", route), zap.Time("scheduled", t), zap.Int64("rev", rev))
 		runErr := s.cfg.Run(drillCtx, route, t)
 		s.finish(key, rev, rec, runErr)
 	})
 	return nil
+}
+
+// unclaim deletes a run record this scheduler created but will not run,
+// guarded on its revision.
+func (s *Scheduler) unclaim(ctx context.Context, key string, rev int64) {
+	wctx, cancel := detached(ctx)
+	defer cancel()
+	resp, err := s.etcd.Txn(wctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).Then(clientv3.OpDelete(key)).Commit()
+	if err != nil || !resp.Succeeded {
+		s.log.Error("drill run claimed but not started, and the claim could not be given back; the run is lost", zap.String("key", key), zap.Error(err))
+		return
+	}
+	s.mu.Lock()
+	delete(s.mine, key)
+	s.mu.Unlock()
+	s.log.Info("drill run given back: leadership ended before it started", zap.String("key", key))
 }
 
 // finish writes the run record's final state, guarded on the revision the
@@ -594,22 +681,16 @@ func (s *Scheduler) announceRun(ctx context.Context, e schedEntry, t time.Time, 
 	if err != nil {
 		return err
 	}
-	lease, err := s.recordLease(ctx)
+	created, _, err := s.create(ctx, key, t, val, nil)
 	if err != nil {
-		return err
-	}
-	resp, err := s.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).
-		Commit()
-	if err != nil {
-		s.forgetLease(err)
 		return fmt.Errorf("record the announcement of %s: %w", t.Format(time.RFC3339), err)
 	}
-	if !resp.Succeeded {
+	if !created {
 		return nil
 	}
-	s.announce(ctx, e.route, s.announceText(ctx, e, t, now))
+	nctx, cancel := detached(ctx)
+	defer cancel()
+	s.announce(nctx, e.route, s.announceText(nctx, e, t, now))
 	return nil
 }
 
@@ -695,6 +776,17 @@ func schedSpan(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%d days", int(d.Round(time.Hour)/(24*time.Hour)))
 	}
+}
+
+// lateSpan renders how late a run is: like schedSpan, but to the second
+// under an hour, so "11 min" never reads as a rounding of "10 min 30s"
+// next to a limit of 10 min.
+func lateSpan(d time.Duration) string {
+	d = d.Round(time.Second)
+	if d < time.Minute || d >= time.Hour || d%time.Minute == 0 {
+		return schedSpan(d)
+	}
+	return fmt.Sprintf("%d min %ds", int(d/time.Minute), int(d%time.Minute/time.Second))
 }
 
 // clipText bounds free text that goes into records and audit events.
