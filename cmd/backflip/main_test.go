@@ -83,6 +83,8 @@ func TestDevEndToEnd(t *testing.T) {
 		"sim gpu-01 chat-70b v41 warm",
 		"confirm",
 		"frobnicate",
+		`/drill schedule chat-70b "0 9 * * 1"`,
+		"/drill list",
 		"help",
 		"quit",
 		"status",
@@ -94,6 +96,9 @@ func TestDevEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		"backflip dev is running.",
 		"slack (http)        http://127.0.0.1:",
+		// Drills are scheduled and listed from the same chat.
+		"Drills of chat-70b scheduled (0 9 * * 1). Next: Mon ",
+		"chat-70b: 0 9 * * 1 · next Mon ",
 		"backflip> /rollback status\n(only you) chat-70b · v42 · promote by dev-seed",
 		"✅ rollback target v41 warm (4/4 nodes, 16/16 GPUs)",
 		// The card, as PlainText.
