@@ -239,7 +239,7 @@ func lastDrillText(d *commands.DrillInfo, now time.Time) string {
 	if d == nil || d.Count == 0 {
 		return "never drilled"
 	}
-	return fmt.Sprintf("%s, p50 %.1f s", agoText(now, d.At), d.P50.Seconds())
+	return fmt.Sprintf("%s, p50 %.1f s", commands.Ago(now, d.At), d.P50.Seconds())
 }
 
 // expiryText is "expires in 10 min (14:13 UTC)".
@@ -666,7 +666,7 @@ func routeStatusText(rs *commands.RouteStatus, now time.Time, drillDetail bool) 
 	c := rs.Config
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%s* · %s · %s by %s %s · epoch %d · rev %d\n", md(rs.Route, clipName), md(c.Active, clipName),
-		md(string(c.Kind), 20), actorIDMrkdwn(c.Actor), agoText(now, c.At), c.Epoch, rs.Revision)
+		md(string(c.Kind), 20), actorIDMrkdwn(c.Actor), commands.Ago(now, c.At), c.Epoch, rs.Revision)
 
 	rd := rs.Readiness
 	var detail []string
@@ -700,7 +700,7 @@ func routeStatusText(rs *commands.RouteStatus, now time.Time, drillDetail bool) 
 			detail = append(detail, "drills: "+md(rs.DrillError, clipDetail))
 		}
 	case rs.LastDrill != nil:
-		fmt.Fprintf(&b, " · last drill %s (p50 %.1f s)", agoText(now, rs.LastDrill.At), rs.LastDrill.P50.Seconds())
+		fmt.Fprintf(&b, " · last drill %s (p50 %.1f s)", commands.Ago(now, rs.LastDrill.At), rs.LastDrill.P50.Seconds())
 	default:
 		b.WriteString(" · never drilled")
 	}
@@ -1283,26 +1283,6 @@ func fmtDuration(d time.Duration) string {
 		return fmt.Sprintf("%.1f ms", ms)
 	}
 	return fmt.Sprintf("%.0f ms", ms)
-}
-
-// agoText is how long before now t was: "40 s ago", "3 min ago", "5 h ago",
-// "3 days ago".
-func agoText(now, t time.Time) string {
-	if t.IsZero() {
-		return "at an unknown time"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < time.Second:
-		return "just now"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%d s ago", int(d.Seconds()))
-	case d < 2*time.Hour:
-		return fmt.Sprintf("%d min ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%d h ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 }
 
 // clock is "14:13 UTC".

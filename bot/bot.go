@@ -338,7 +338,7 @@ func (b *Bot) card(ctx context.Context, req *request, c commands.RollbackCmd) {
 	}
 	if _, err := b.post(ctx, req, "", CardMessage(res, card, b.now())); err != nil {
 		b.log.Warn("pre-flight card not posted", zap.String("route", c.Route), zap.Error(err))
-		b.reply(ctx, req, ErrorReply(commands.Errorf(commands.EUNAVAILABLE, "the pre-flight card could not be posted (%s); use --now or backflipctl", botClip(err.Error(), 200))))
+		b.reply(ctx, req, ErrorReply(commands.Errorf(commands.EUNAVAILABLE, "the pre-flight card could not be posted (%s); use --now or backflipctl", commands.Clip(err.Error(), 200))))
 	}
 }
 
@@ -429,7 +429,7 @@ func (b *Bot) run(ctx context.Context, req *request, ts, from string, rreq comma
 		var err error
 		ts, err = b.post(ctx, req, "", ProgressMessage(view))
 		if err != nil {
-			b.reply(ctx, req, ErrorReply(commands.Errorf(commands.EUNAVAILABLE, "could not post in this channel (%s); the rollback was not started. Use backflipctl.", botClip(err.Error(), 200))))
+			b.reply(ctx, req, ErrorReply(commands.Errorf(commands.EUNAVAILABLE, "could not post in this channel (%s); the rollback was not started. Use backflipctl.", commands.Clip(err.Error(), 200))))
 			return
 		}
 		rreq.Origin.TS = ts
@@ -451,7 +451,7 @@ func (b *Bot) run(ctx context.Context, req *request, ts, from string, rreq comma
 	case err != nil && (res == nil || res.Revision == 0):
 		b.reply(ctx, req, ErrorReply(err))
 		closed := fmt.Sprintf("Not rolled back: %s", commands.ErrorMessage(err))
-		b.finish(ctx, req, channel, ts, Message{Text: closed, Blocks: []slack.Block{slack.NewSectionBlock(slack.NewTextBlockObject(slack.MarkdownType, botClip(botEscape(closed), 2900), false, false), nil, nil)}})
+		b.finish(ctx, req, channel, ts, Message{Text: closed, Blocks: []slack.Block{slack.NewSectionBlock(slack.NewTextBlockObject(slack.MarkdownType, commands.Clip(botEscape(closed), 2900), false, false), nil, nil)}})
 		return
 	}
 	b.finish(ctx, req, channel, ts, ReportMessage(res))
@@ -597,14 +597,4 @@ func (u *updater) stop() {
 // escape makes outside text safe in mrkdwn.
 func botEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
-}
-
-func botClip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && (s[n]&0xC0) == 0x80 {
-		n--
-	}
-	return s[:n] + "…"
 }

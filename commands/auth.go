@@ -209,7 +209,7 @@ func (a *Authorizer) decide(ctx context.Context, o Origin, verb Verb, route stri
 		a.log.Warn("policy is malformed; refusing to act on the route", zap.String("key", malformed.Key),
 			zap.String("route", route), zap.Error(malformed.Err))
 		return Decision{Message: fmt.Sprintf("you may not %s: its policy at %s is malformed (%s), so backflip will not act on %s until it is fixed; an operator can fix it, or act with backflipctl",
-			actionText(verb, route), malformed.Key, clipText(chatSafe(malformed.Err.Error()), 160), route)}, nil
+			actionText(verb, route), malformed.Key, Clip(chatSafe(malformed.Err.Error()), 160), route)}, nil
 	case err != nil:
 		return Decision{}, err
 	case len(owners) == 0:
@@ -456,7 +456,7 @@ func ownerMention(id string) string {
 }
 
 // plainID renders a value that is not a Slack ID as short plain text.
-func plainID(id string) string { return clipText(chatSafe(id), 40) }
+func plainID(id string) string { return Clip(chatSafe(id), 40) }
 
 // chatSafe drops the characters that open Slack markup (a mention such as
 // <!channel>, a link, an entity), so that text from configuration or from a

@@ -70,7 +70,7 @@ func TestOpRecordRefused(t *testing.T) {
 			}
 			_, err := DecodeOpRecord("/p/ops/x", []byte(value))
 			if err == nil {
-				t.Fatalf("decoded %q", clipRunes(value, 80))
+				t.Fatalf("decoded %q", Clip(value, 80))
 			}
 			if !strings.Contains(err.Error(), "/p/ops/x") || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %q should name the key and %q", err, tc.want)
@@ -132,7 +132,7 @@ func TestReportLine(t *testing.T) {
 func TestAgo(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	for d, want := range map[time.Duration]string{40 * time.Second: "40 s ago", 5 * time.Minute: "5 min ago", 3 * time.Hour: "3 h ago", 72 * time.Hour: "3 days ago", -time.Second: "just now"} {
-		if got := ago(now, now.Add(-d)); got != want {
+		if got := Ago(now, now.Add(-d)); got != want {
 			t.Errorf("ago(%s) = %q, want %q", d, got, want)
 		}
 	}

@@ -59,7 +59,7 @@ func DecodeOwners(key string, value []byte) ([]string, error) {
 	}
 	var entries []json.RawMessage
 	if raw[0] != '[' || json.Unmarshal(raw, &entries) != nil {
-		return nil, malformed("owners must be an array of Slack user or user-group IDs, got %s", clipText(string(raw), 40))
+		return nil, malformed("owners must be an array of Slack user or user-group IDs, got %s", Clip(string(raw), 40))
 	}
 	if len(entries) > MaxOwners {
 		return nil, malformed("owners has %d entries, at most %d allowed", len(entries), MaxOwners)
@@ -71,10 +71,10 @@ func DecodeOwners(key string, value []byte) ([]string, error) {
 		// the string's opening quote refuses it and every other non-string.
 		var id string
 		if e[0] != '"' || json.Unmarshal(e, &id) != nil {
-			return nil, malformed("owners[%d] must be a string, got %s", i, clipText(string(e), 40))
+			return nil, malformed("owners[%d] must be a string, got %s", i, Clip(string(e), 40))
 		}
 		if !isSlackID(id) {
-			return nil, malformed("owners[%d] %q is not a Slack user or user-group ID (2 to 32 capital letters and digits, such as U0123ABCD or S0123ABCD)", i, clipText(id, 40))
+			return nil, malformed("owners[%d] %q is not a Slack user or user-group ID (2 to 32 capital letters and digits, such as U0123ABCD or S0123ABCD)", i, Clip(id, 40))
 		}
 		if !seen[id] {
 			seen[id] = true
@@ -106,7 +106,7 @@ func ownersField(value []byte) (raw json.RawMessage, found bool, err error) {
 		name, _ := tok.(string)
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return nil, false, fmt.Errorf("policy field %q: %v", clipText(name, 40), err)
+			return nil, false, fmt.Errorf("policy field %q: %v", Clip(name, 40), err)
 		}
 		switch {
 		case name == "owners":
@@ -115,7 +115,7 @@ func ownersField(value []byte) (raw json.RawMessage, found bool, err error) {
 			}
 			raw, found = v, true
 		case strings.EqualFold(name, "owners"):
-			return nil, false, fmt.Errorf(`policy field %q: the field is spelled "owners"`, clipText(name, 40))
+			return nil, false, fmt.Errorf(`policy field %q: the field is spelled "owners"`, Clip(name, 40))
 		}
 	}
 	if _, err := dec.Token(); err != nil {
@@ -161,18 +161,3 @@ func isSlackID(id string) bool {
 // isGroupID reports whether id names a Slack user group (S…) rather than a
 // user, the only kind of owner whose members are looked up.
 func isGroupID(id string) bool { return strings.HasPrefix(id, "S") && isSlackID(id) }
-
-// clipText shortens s to at most n bytes (on a rune boundary) for an error
-// message, so a hostile 64 KiB value does not end up in a chat reply.
-func clipText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !isRuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
-}
-
-func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }

@@ -233,7 +233,7 @@ func (o *op) validate(req changeRequest) error {
 	if o.id == "" {
 		o.id = uuid.NewString()
 	} else if _, err := uuid.Parse(o.id); err != nil || len(o.id) != 36 {
-		return Errorf(EINVALID, "op id %q is not a uuid", clipRunes(o.id, 40))
+		return Errorf(EINVALID, "op id %q is not a uuid", Clip(o.id, 40))
 	}
 	return nil
 }
@@ -271,7 +271,7 @@ func (o *op) resolve(ctx context.Context, req changeRequest) error {
 			return Errorf(EREFUSED, "%s has no previous version to roll back to (it is on %s since its first promote); name one with --to", req.route, cfg.Active)
 		case cfg.Kind == routing.KindRollback || cfg.Kind == routing.KindDrill:
 			return Errorf(EREFUSED, "%s was already %s from %s by %s %s (now on %s); a second rollback without --to would undo it. To go back to %s, use --to %s; to go further back, name the version with --to.",
-				req.route, pastTense(cfg.Kind), cfg.From, mentionID(cfg.Actor), ago(s.now(), cfg.At), cfg.Active, cfg.From, cfg.From)
+				req.route, pastTense(cfg.Kind), cfg.From, mentionID(cfg.Actor), Ago(s.now(), cfg.At), cfg.Active, cfg.From, cfg.From)
 		}
 		o.res.To = cfg.Previous
 	}
@@ -379,7 +379,7 @@ func coldNodes(rep warm.Report) string {
 			b.WriteString(", same")
 		default:
 			seen[n.Reason] = true
-			fmt.Fprintf(&b, ": %s", clipRunes(n.Reason, 120))
+			fmt.Fprintf(&b, ": %s", Clip(n.Reason, 120))
 		}
 		b.WriteString(")")
 	}
@@ -607,7 +607,7 @@ func (o *op) event(kind audit.Kind, outcome, detail string) audit.Event {
 		details["ts"] = o.origin.TS
 	}
 	if detail != "" {
-		details["detail"] = clipRunes(detail, 1000)
+		details["detail"] = Clip(detail, 1000)
 	}
 	ev.Details, _ = json.Marshal(details)
 	return ev
@@ -680,7 +680,7 @@ func (o *op) closeUnflipped(ctx context.Context, outcome, detail string, cause e
 	}
 	ev := o.event(kind, outcome, detail)
 	rec := o.record
-	rec.Phase, rec.Outcome, rec.Detail = OpPhaseDone, outcome, clipRunes(detail, 1000)
+	rec.Phase, rec.Outcome, rec.Detail = OpPhaseDone, outcome, Clip(detail, 1000)
 	rec.Timings = ev.Timings
 	if err := o.s.closeOp(context.WithoutCancel(ctx), o.id, o.opRev, o.lease, rec, 0, ev); err != nil {
 		o.res.Audit = AuditState{Error: err.Error()}
@@ -733,7 +733,7 @@ func (s *Service) waitRouters(ctx context.Context, route string, epoch, flipRev 
 	if err != nil {
 		s.log.Warn("router convergence wait ended early", zap.String("route", route), zap.Error(err))
 		if rr.Expected == 0 {
-			rr.Error = "router registrations could not be read: " + clipRunes(err.Error(), 200)
+			rr.Error = "router registrations could not be read: " + Clip(err.Error(), 200)
 		}
 	}
 	return rr
@@ -745,7 +745,7 @@ func (s *Service) signal(ctx context.Context, opID, route string, epoch int64, f
 	sig, err := s.cfg.Runtime.SignalRollback(ctx, opID, route, epoch, from, to, flipRev)
 	if err != nil {
 		s.log.Error("runtime signal failed", zap.String("op", opID), zap.Error(err))
-		return runtime.Result{Missing: []string{"(signal failed: " + clipRunes(err.Error(), 200) + ")"}}, time.Since(start)
+		return runtime.Result{Missing: []string{"(signal failed: " + Clip(err.Error(), 200) + ")"}}, time.Since(start)
 	}
 	res, err := s.cfg.Runtime.WaitAcks(ctx, sig)
 	if err != nil {
@@ -819,11 +819,11 @@ func describeChange(cfg routing.RouteConfig, now time.Time) string {
 	switch cfg.Kind {
 	case routing.KindPromote:
 		if cfg.From == "" {
-			return fmt.Sprintf("created on %s by %s %s", cfg.Active, mentionID(cfg.Actor), ago(now, cfg.At))
+			return fmt.Sprintf("created on %s by %s %s", cfg.Active, mentionID(cfg.Actor), Ago(now, cfg.At))
 		}
-		return fmt.Sprintf("promoted %s → %s by %s %s", cfg.From, cfg.Active, mentionID(cfg.Actor), ago(now, cfg.At))
+		return fmt.Sprintf("promoted %s → %s by %s %s", cfg.From, cfg.Active, mentionID(cfg.Actor), Ago(now, cfg.At))
 	default:
-		return fmt.Sprintf("%s %s → %s by %s %s", pastTense(cfg.Kind), cfg.From, cfg.Active, mentionID(cfg.Actor), ago(now, cfg.At))
+		return fmt.Sprintf("%s %s → %s by %s %s", pastTense(cfg.Kind), cfg.From, cfg.Active, mentionID(cfg.Actor), Ago(now, cfg.At))
 	}
 }
 
@@ -865,22 +865,6 @@ func pastTense(k routing.Kind) string {
 // mentionID renders an actor id for chat.
 func mentionID(id string) string { return Actor{ID: id}.Mention() }
 
-// ago renders how long ago t was: "40 s ago", "3 min ago", "2 h ago".
-func ago(now, t time.Time) string {
-	d := now.Sub(t)
-	switch {
-	case d < 0:
-		return "just now"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%d s ago", int(d.Seconds()))
-	case d < 2*time.Hour:
-		return fmt.Sprintf("%d min ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%d h ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
-}
-
 func dash(s string) string {
 	if s == "" {
 		return "(new)"
@@ -891,17 +875,6 @@ func dash(s string) string {
 // trimInvalid drops routing's "invalid: " prefix from a validation error.
 func trimInvalid(err error) string {
 	return strings.TrimPrefix(err.Error(), routing.ErrInvalid.Error()+": ")
-}
-
-// clipText shortens s to n bytes on a rune boundary.
-func clipRunes(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && (s[n]&0xC0) == 0x80 {
-		n--
-	}
-	return s[:n] + "…"
 }
 
 // auditKind is the audit kind of a route change. A drill's flips are

@@ -322,7 +322,7 @@ func (r *StatusReport) String() string {
 func (rs *RouteStatus) write(b *strings.Builder, now time.Time, drillDetail bool) {
 	c := rs.Config
 	fmt.Fprintf(b, "%s: %s (%s by %s %s, epoch %d, rev %d)", rs.Route, c.Active, c.Kind,
-		plainText(c.Actor, 60), agoText(now, c.At), c.Epoch, rs.Revision)
+		plainText(c.Actor, 60), Ago(now, c.At), c.Epoch, rs.Revision)
 
 	rd := rs.Readiness
 	var detail []string
@@ -351,7 +351,7 @@ func (rs *RouteStatus) write(b *strings.Builder, now time.Time, drillDetail bool
 			detail = append(detail, "drills: "+plainText(rs.DrillError, 300))
 		}
 	case rs.LastDrill != nil:
-		fmt.Fprintf(b, " · last drill %s (p50 %s)", agoText(now, rs.LastDrill.At), seconds1(rs.LastDrill.P50))
+		fmt.Fprintf(b, " · last drill %s (p50 %s)", Ago(now, rs.LastDrill.At), seconds1(rs.LastDrill.P50))
 	default:
 		b.WriteString(" · never drilled")
 	}
@@ -422,26 +422,6 @@ func inflightText(m map[string]int) string {
 		parts[i] = fmt.Sprintf("%s %d", v, m[v])
 	}
 	return fmt.Sprintf("%d in flight (%s)", total, strings.Join(parts, ", "))
-}
-
-// agoText is how long before now t was: "40 s ago", "3 min ago", "5 h ago",
-// "3 days ago".
-func agoText(now, t time.Time) string {
-	if t.IsZero() {
-		return "at an unknown time"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < time.Second:
-		return "just now"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%d s ago", int(d.Seconds()))
-	case d < 2*time.Hour:
-		return fmt.Sprintf("%d min ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%d h ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 }
 
 // seconds1 formats a drill duration: "1.2 s", "0.4 s".

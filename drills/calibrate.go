@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/backflip-dev/backflip/audit"
+	"github.com/backflip-dev/backflip/commands"
 )
 
 // regressionFactor is how much slower than the route's usual drill (its
@@ -115,7 +116,7 @@ func (c Calibration) details() map[string]any {
 		d["reasons"] = c.Reasons
 	}
 	if c.HistoryError != "" {
-		d["history_error"] = clip(c.HistoryError, 300)
+		d["history_error"] = commands.Clip(c.HistoryError, 300)
 	} else {
 		d["history"] = map[string]any{"count": c.History.Total.N, "p50_ms": c.History.Total.P50, "p95_ms": c.History.Total.P95}
 	}
@@ -153,16 +154,5 @@ func plural(n int, one, many string) string {
 
 // oneLine flattens an error's text for a one-line report.
 func oneLine(s string) string {
-	return clip(strings.Join(strings.Fields(s), " "), 300)
-}
-
-// clip shortens s to at most n bytes on a character boundary.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n] + "…"
+	return commands.Clip(strings.Join(strings.Fields(s), " "), 300)
 }

@@ -410,12 +410,12 @@ func (d *drillRun) check(ctx context.Context) (routing.Entry, error) {
 	if cfg.Kind == routing.KindDrill {
 		return entry, commands.Errorf(commands.EREFUSED,
 			"%s is on %s since a drill rolled it back from %s %s, and that drill has not returned; if it is not running any more, return the route with `/rollback %s --to %s` first",
-			out.Route, cfg.Active, cfg.From, agoText(now, cfg.At), out.Route, cfg.From)
+			out.Route, cfg.Active, cfg.From, commands.Ago(now, cfg.At), out.Route, cfg.From)
 	}
 	if (cfg.Kind == routing.KindPromote || cfg.Kind == routing.KindRollback) && now.Sub(cfg.At) < r.cfg.QuietPeriod {
 		return entry, commands.Errorf(commands.EREFUSED,
 			"%s was %s %s; drills wait %s after a real change (BACKFLIP_DRILL_QUIET_PERIOD), so the next is possible %s",
-			out.Route, realChange(cfg), agoText(now, cfg.At), shortDuration(r.cfg.QuietPeriod), inText(cfg.At.Add(r.cfg.QuietPeriod).Sub(now)))
+			out.Route, realChange(cfg), commands.Ago(now, cfg.At), shortDuration(r.cfg.QuietPeriod), inText(cfg.At.Add(r.cfg.QuietPeriod).Sub(now)))
 	}
 	if cfg.Kind == routing.KindRollback {
 		// After a real rollback the previous version is the one rolled
@@ -423,7 +423,7 @@ func (d *drillRun) check(ctx context.Context) (routing.Entry, error) {
 		// took out of service. Drills resume with the next promote.
 		return entry, commands.Errorf(commands.EREFUSED,
 			"%s was rolled back from %s by %s %s; its previous version is the one rolled away from, so a drill would send traffic back to it. Drills of %s resume after its next promote.",
-			out.Route, cfg.From, commands.Actor{ID: cfg.Actor}.Mention(), agoText(now, cfg.At), out.Route)
+			out.Route, cfg.From, commands.Actor{ID: cfg.Actor}.Mention(), commands.Ago(now, cfg.At), out.Route)
 	}
 	busy, err := r.opInProgress(ctx, out.Route)
 	if err != nil {
@@ -830,10 +830,10 @@ func (d *drillRun) event() (audit.Event, error) {
 		details["failed_at"] = out.FailedAt
 	}
 	if out.Detail != "" {
-		details["detail"] = clip(out.Detail, 1000)
+		details["detail"] = commands.Clip(out.Detail, 1000)
 	}
 	if d.supersededBy != "" {
-		details["superseded_by"] = clip(d.supersededBy, 500)
+		details["superseded_by"] = commands.Clip(d.supersededBy, 500)
 	}
 	if out.PreWarm != nil {
 		details["pre_warm"] = out.PreWarm.Summary()
@@ -954,22 +954,6 @@ func describeRouteChange(cfg routing.RouteConfig) string {
 		verb = "returned by another drill"
 	}
 	return fmt.Sprintf("%s %s → %s by %s", verb, dashed(cfg.From), cfg.Active, commands.Actor{ID: cfg.Actor}.Mention())
-}
-
-// agoText renders how long ago t was: "40 s ago", "3 min ago", "2 h ago".
-func agoText(now, t time.Time) string {
-	d := now.Sub(t)
-	switch {
-	case d < 0:
-		return "just now"
-	case d < 2*time.Minute:
-		return fmt.Sprintf("%d s ago", int(d.Seconds()))
-	case d < 2*time.Hour:
-		return fmt.Sprintf("%d min ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%d h ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 }
 
 // inText renders a wait: "in 40 s", "in 21 h".

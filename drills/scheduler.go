@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -395,7 +394,7 @@ func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time
 	now := s.now().UTC()
 	rec := RunRecord{
 		Route: e.route, Scheduled: t.UTC(), State: RunSkipped, Owner: leaseHex(s.cfg.Owner.Lease()),
-		FinishedAt: now, Detail: clipText(reason, 1000),
+		FinishedAt: now, Detail: commands.Clip(reason, 1000),
 	}
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -403,7 +402,7 @@ func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time
 	}
 	ev := audit.Event{
 		EventID: uuid.New(), OpID: uuid.New(), Kind: audit.KindDrillSkipped, Route: e.route,
-		Actor: SchedulerActor, Channel: s.cfg.AnnounceChannel, Reason: clipText(reason, 1000), Outcome: RunSkipped,
+		Actor: SchedulerActor, Channel: s.cfg.AnnounceChannel, Reason: commands.Clip(reason, 1000), Outcome: RunSkipped,
 		SchemaVersion: audit.SchemaVersion, OccurredAt: now,
 	}
 	ev.Details, _ = json.Marshal(map[string]any{
@@ -588,10 +587,10 @@ func (s *Scheduler) finish(key string, rev int64, rec RunRecord, runErr error) {
 		rec.State = RunCompleted
 	case commands.EREFUSED, commands.EINVALID, commands.ENOTFOUND:
 		rec.State = RunRefused
-		rec.Detail = clipText(commands.ErrorMessage(runErr), 1000)
+		rec.Detail = commands.Clip(commands.ErrorMessage(runErr), 1000)
 	default:
 		rec.State = RunFailed
-		rec.Detail = clipText(runErr.Error(), 1000)
+		rec.Detail = commands.Clip(runErr.Error(), 1000)
 	}
 	val, err := json.Marshal(rec)
 	if err != nil {
@@ -787,15 +786,4 @@ func lateSpan(d time.Duration) string {
 		return schedSpan(d)
 	}
 	return fmt.Sprintf("%d min %ds", int(d/time.Minute), int(d%time.Minute/time.Second))
-}
-
-// clipText bounds free text that goes into records and audit events.
-func clipText(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
 }
