@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -449,9 +448,11 @@ func (b *Bot) run(ctx context.Context, req *request, ts, from string, rreq comma
 		}
 		return
 	case err != nil && (res == nil || res.Revision == 0):
+		// The progress message becomes the refusal, rendered (and escaped)
+		// like every other; the requester also gets it privately with the
+		// usage line when there is one.
 		b.reply(ctx, req, ErrorReply(err))
-		closed := fmt.Sprintf("Not rolled back: %s", commands.ErrorMessage(err))
-		b.finish(ctx, req, channel, ts, Message{Text: closed, Blocks: []slack.Block{slack.NewSectionBlock(slack.NewTextBlockObject(slack.MarkdownType, commands.Clip(botEscape(closed), 2900), false, false), nil, nil)}})
+		b.finish(ctx, req, channel, ts, ErrorReply(err))
 		return
 	}
 	b.finish(ctx, req, channel, ts, ReportMessage(res))
@@ -592,9 +593,4 @@ func (u *updater) loop() {
 func (u *updater) stop() {
 	close(u.done)
 	u.wg.Wait()
-}
-
-// escape makes outside text safe in mrkdwn.
-func botEscape(s string) string {
-	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
 }
