@@ -51,6 +51,9 @@ type Schedule struct {
 	// Skip is the unix time of a scheduled run that /drill skip cancelled
 	// (0 when none).
 	Skip int64 `json:"skip,omitempty"`
+	// SkippedBy is who asked for Skip (the actor id); it becomes the actor
+	// of the run's drill.skipped event.
+	SkippedBy string `json:"skipped_by,omitempty"`
 }
 
 // Run states recorded at drills/runs/<route>/<scheduled-unix>.

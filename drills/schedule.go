@@ -374,8 +374,11 @@ func decodeSchedule(key string, value []byte) (Schedule, cron.Schedule, *time.Lo
 	if err != nil {
 		return sc, nil, nil, nil, fmt.Errorf("%w: %s: %v", ErrMalformedSchedule, key, err)
 	}
-	if strings.TrimSpace(sc.CreatedBy) == "" {
+	switch {
+	case strings.TrimSpace(sc.CreatedBy) == "":
 		return sc, nil, nil, nil, fmt.Errorf("%w: %s: created_by is empty", ErrMalformedSchedule, key)
+	case len(sc.CreatedBy) > routing.MaxActorLen || len(sc.SkippedBy) > routing.MaxActorLen:
+		return sc, nil, nil, nil, fmt.Errorf("%w: %s: created_by or skipped_by is longer than %d bytes", ErrMalformedSchedule, key, routing.MaxActorLen)
 	}
 	sc.Announce = strs
 	return sc, sched, loc, offsets, nil
@@ -391,6 +394,12 @@ func malformedErr(route string, err error) *commands.Error {
 // unavailable is the error of an etcd call that failed.
 func etcdDown(err error, format string, args ...any) *commands.Error {
 	return &commands.Error{Code: commands.EUNAVAILABLE, Err: err, Message: fmt.Sprintf(format, args...) + fmt.Sprintf(" (etcd: %v)", err)}
+}
+
+// noRoute is the error of a schedule for a route that does not exist: a
+// typo would otherwise schedule drills that only ever refuse.
+func noRoute(route string) *commands.Error {
+	return commands.Errorf(commands.ENOTFOUND, "There is no route %s; `/rollback status` lists the routes. No drill was scheduled.", route)
 }
 
 func badRoute(err error) *commands.Error {
@@ -425,7 +434,7 @@ func (st *Store) Put(ctx context.Context, route string, sc Schedule) ([]time.Tim
 	now := st.now()
 	sc.Cron = strings.Join(strings.Fields(sc.Cron), " ")
 	sc.Announce = strs
-	sc.Skip = 0
+	sc.Skip, sc.SkippedBy = 0, ""
 	if sc.CreatedAt.IsZero() {
 		sc.CreatedAt = now.UTC()
 	}
@@ -439,16 +448,20 @@ func (st *Store) Put(ctx context.Context, route string, sc Schedule) ([]time.Tim
 	}
 
 	key := st.keys.Schedule(route)
-	cur, err := st.etcd.Get(ctx, key)
+	routeKey := routing.Keyspace{Prefix: st.keys.Prefix}.Route(route)
+	cur, err := st.etcd.Txn(ctx).Then(clientv3.OpGet(key), clientv3.OpGet(routeKey, clientv3.WithKeysOnly())).Commit()
 	if err != nil {
 		return nil, etcdDown(err, "The schedule of %s was not saved: etcd did not answer.", route)
 	}
+	if len(cur.Responses[1].GetResponseRange().Kvs) == 0 {
+		return nil, noRoute(route)
+	}
 	var seenRev int64
 	details := map[string]any{"cron": sc.Cron, "zone": loc.String(), "announce": sc.Announce, "next": rfc3339s(next)}
-	if len(cur.Kvs) == 1 {
-		seenRev = cur.Kvs[0].ModRevision
+	if kvs := cur.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+		seenRev = kvs[0].ModRevision
 		var old Schedule
-		if strictjson.Decode(cur.Kvs[0].Value, &old) == nil {
+		if strictjson.Decode(kvs[0].Value, &old) == nil {
 			details["replaces"] = old.Cron
 		} else {
 			details["replaces"] = "a malformed schedule"
@@ -465,11 +478,16 @@ func (st *Store) Put(ctx context.Context, route string, sc Schedule) ([]time.Tim
 		return nil, &commands.Error{Code: commands.EINTERNAL, Message: "audit event of the schedule", Err: err}
 	}
 	resp, err := st.etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", seenRev)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", seenRev),
+			clientv3.Compare(clientv3.CreateRevision(routeKey), ">", 0)).
 		Then(clientv3.OpPut(key, string(val)), put).
+		Else(clientv3.OpGet(routeKey, clientv3.WithKeysOnly())).
 		Commit()
 	if err != nil {
 		return nil, etcdDown(err, "etcd did not confirm the schedule of %s: it may or may not have been saved; `/drill list` shows what is stored.", route)
+	}
+	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) == 0 {
+		return nil, noRoute(route)
 	}
 	if !resp.Succeeded {
 		return nil, commands.Errorf(commands.ECONFLICT, "The schedule of %s was changed by someone else at the same moment; nothing was saved. `/drill list` shows what is stored now.", route)
@@ -540,7 +558,10 @@ func (st *Store) Delete(ctx context.Context, route string) error {
 // at a time, and a repeated command (a double click) must not reach further.
 // The write is guarded on the schedule's ModRevision, so a concurrent
 // /drill schedule is never overwritten with the old expression.
-func (st *Store) SkipNext(ctx context.Context, route string) (time.Time, error) {
+func (st *Store) SkipNext(ctx context.Context, route, by string) (time.Time, error) {
+	if strings.TrimSpace(by) == "" || len(by) > routing.MaxActorLen {
+		return time.Time{}, commands.Errorf(commands.EINVALID, "A skip needs the id of who asks for it (1 to %d bytes).", routing.MaxActorLen)
+	}
 	for range 3 {
 		e, err := st.get(ctx, route)
 		if err != nil {
@@ -554,7 +575,7 @@ func (st *Store) SkipNext(ctx context.Context, route string) (time.Time, error) 
 		if e.sc.Skip == t.Unix() {
 			return t, nil
 		}
-		e.sc.Skip = t.Unix()
+		e.sc.Skip, e.sc.SkippedBy = t.Unix(), by
 		val, err := json.Marshal(e.sc)
 		if err != nil {
 			return time.Time{}, &commands.Error{Code: commands.EINTERNAL, Message: "encode the schedule", Err: err}
@@ -568,7 +589,7 @@ func (st *Store) SkipNext(ctx context.Context, route string) (time.Time, error) 
 			return time.Time{}, etcdDown(err, "etcd did not confirm skipping the drill of %s at %s: it may or may not be skipped; `/drill list` shows it.", route, runClock(t))
 		}
 		if resp.Succeeded {
-			st.log.Info("drill skipped on request", zap.String("route", route), zap.Time("scheduled", t))
+			st.log.Info("drill skipped on request", zap.String("route", route), zap.Time("scheduled", t), zap.String("by", by))
 			return t, nil
 		}
 		// The schedule changed between the read and the write (the

@@ -13,6 +13,7 @@ import (
 
 	"github.com/backflip-dev/backflip/audit"
 	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/fleet/routing"
 	"github.com/backflip-dev/backflip/internal/etcdtest"
 )
 
@@ -313,7 +314,14 @@ func newSchedStoreEnv(t *testing.T, srv *etcdtest.Server, now time.Time) *schedS
 	cli := srv.Client(t)
 	clock := newSchedClock(now)
 	prefix := "/" + t.Name()
-	return &schedStoreEnv{prefix: prefix, cli: cli, clock: clock, store: NewStore(cli, prefix, nil, clock.Now)}
+	e := &schedStoreEnv{prefix: prefix, cli: cli, clock: clock, store: NewStore(cli, prefix, nil, clock.Now)}
+	// The routes the store tests schedule: a schedule needs its route.
+	for _, route := range []string{"chat-70b", "del-me", "skip-me", "c-notjson", "a-route", "b-route"} {
+		if _, err := cli.Put(schedCtx(t), routing.Keyspace{Prefix: prefix}.Route(route), `{"active":"v42","previous":"v41"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
 }
 
 // outboxEvents returns every event in the outbox, checking each decodes.
@@ -392,7 +400,7 @@ func TestStore(t *testing.T) {
 		}
 
 		// Replacing says what it replaced, and resets a skip.
-		if _, err := e.store.SkipNext(ctx, "chat-70b"); err != nil {
+		if _, err := e.store.SkipNext(ctx, "chat-70b", "U-SKIPPER"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := e.store.Put(ctx, "chat-70b", Schedule{Cron: "CRON_TZ=Europe/Berlin 30 10 * * 2", Announce: []string{"1h"}, CreatedBy: "U0OTHER"}); err != nil {
@@ -437,12 +445,26 @@ func TestStore(t *testing.T) {
 				schedWantCode(t, err, commands.EINVALID, c.parts...)
 			})
 		}
-		resp, err := e.cli.Get(ctx, e.prefix+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			t.Fatal(err)
+		for _, under := range []string{Keys{Prefix: e.prefix}.Schedules(), audit.Keys{Prefix: e.prefix}.Outbox()} {
+			resp, err := e.cli.Get(ctx, under, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Count != 0 {
+				t.Fatalf("refused schedules wrote %d keys under %s", resp.Count, under)
+			}
 		}
-		if resp.Count != 0 {
-			t.Fatalf("refused schedules wrote %d keys", resp.Count)
+	})
+
+	t.Run("PutRefusesUnknownRoute", func(t *testing.T) {
+		e := newSchedStoreEnv(t, srv, monday8)
+		_, err := e.store.Put(ctx, "chat-7b", Schedule{Cron: "0 9 * * 1", CreatedBy: "U1"})
+		schedWantCode(t, err, commands.ENOTFOUND, "There is no route chat-7b", "/rollback status")
+		for _, under := range []string{Keys{Prefix: e.prefix}.Schedules(), audit.Keys{Prefix: e.prefix}.Outbox()} {
+			resp, err := e.cli.Get(ctx, under, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil || resp.Count != 0 {
+				t.Fatalf("a schedule of an unknown route wrote %v keys under %s (%v)", resp, under, err)
+			}
 		}
 	})
 
@@ -451,7 +473,7 @@ func TestStore(t *testing.T) {
 		_, _, err := e.store.Get(ctx, "nothing-here")
 		schedWantCode(t, err, commands.ENOTFOUND, "no drill schedule")
 		schedWantCode(t, e.store.Delete(ctx, "nothing-here"), commands.ENOTFOUND, "no drill schedule to cancel")
-		_, err = e.store.SkipNext(ctx, "nothing-here")
+		_, err = e.store.SkipNext(ctx, "nothing-here", "U-SKIPPER")
 		schedWantCode(t, err, commands.ENOTFOUND)
 		if _, err := e.store.Put(ctx, "del-me", Schedule{Cron: "@daily", CreatedBy: "U1"}); err != nil {
 			t.Fatal(err)
@@ -470,7 +492,7 @@ func TestStore(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, rev0, _ := e.store.Get(ctx, "skip-me")
-		got, err := e.store.SkipNext(ctx, "skip-me")
+		got, err := e.store.SkipNext(ctx, "skip-me", "U-SKIPPER")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -482,7 +504,7 @@ func TestStore(t *testing.T) {
 			t.Fatalf("stored skip %d at rev %d, want %d after rev %d", sc.Skip, rev1, got.Unix(), rev0)
 		}
 		// A second skip (a double click) does not reach the week after.
-		again, err := e.store.SkipNext(ctx, "skip-me")
+		again, err := e.store.SkipNext(ctx, "skip-me", "U-SKIPPER")
 		if err != nil || !again.Equal(got) {
 			t.Fatalf("second skip: %v %v, want %v", again, err, got)
 		}
@@ -491,7 +513,7 @@ func TestStore(t *testing.T) {
 		}
 		// Once that run is past, the next skip is the week after.
 		e.clock.Set(utc("2026-03-02T09:30:00Z"))
-		later, err := e.store.SkipNext(ctx, "skip-me")
+		later, err := e.store.SkipNext(ctx, "skip-me", "U-SKIPPER")
 		if err != nil || !later.Equal(utc("2026-03-09T09:00:00Z")) {
 			t.Fatalf("skip after the run: %v %v", later, err)
 		}
@@ -552,7 +574,7 @@ func TestStore(t *testing.T) {
 		if !errors.Is(err, ErrMalformedSchedule) {
 			t.Fatalf("%v is not ErrMalformedSchedule", err)
 		}
-		_, err = store.SkipNext(ctx, "e-badcron")
+		_, err = store.SkipNext(ctx, "e-badcron", "U-SKIPPER")
 		if !errors.Is(err, ErrMalformedSchedule) {
 			t.Fatalf("skip of a malformed schedule: %v", err)
 		}

@@ -290,7 +290,7 @@ func (s *Scheduler) runs(ctx, drillCtx context.Context, now, lastTick time.Time,
 		case now.Sub(t) > s.cfg.Late:
 			reason := s.lateReason(e.route, t, now, lastTick)
 			var ok bool
-			if ok, err = s.recordSkipped(ctx, e, t, reason, nil); ok {
+			if ok, err = s.recordSkipped(ctx, e, t, SchedulerActor, reason, nil); ok {
 				late = append(late, lateRun{at: t, reason: reason})
 			}
 		default:
@@ -358,9 +358,14 @@ func (s *Scheduler) nextText(e schedEntry, now time.Time) string {
 // skipAsked records a run skipped with /drill skip and clears the skip,
 // in one transaction guarded on the schedule's revision.
 func (s *Scheduler) skipAsked(ctx context.Context, e schedEntry, t time.Time) error {
-	reason := fmt.Sprintf("skipped by /drill skip (the schedule was created by %s)", e.sc.CreatedBy)
+	by := e.sc.SkippedBy
+	if by == "" {
+		// A skip stored before skipped_by was recorded.
+		by = SchedulerActor
+	}
+	reason := fmt.Sprintf("skipped with /drill skip by %s (the schedule was created by %s)", by, e.sc.CreatedBy)
 	cleared := e.sc
-	cleared.Skip = 0
+	cleared.Skip, cleared.SkippedBy = 0, ""
 	val, err := json.Marshal(cleared)
 	if err != nil {
 		return err
@@ -370,13 +375,13 @@ func (s *Scheduler) skipAsked(ctx context.Context, e schedEntry, t time.Time) er
 		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(skey), "=", e.rev)},
 		ops:  []clientv3.Op{clientv3.OpPut(skey, string(val))},
 	}
-	ok, err := s.recordSkipped(ctx, e, t, reason, guard)
+	ok, err := s.recordSkipped(ctx, e, t, by, reason, guard)
 	if err != nil || !ok {
 		return err
 	}
 	nctx, cancel := detached(ctx)
 	defer cancel()
-	s.announce(nctx, e.route, fmt.Sprintf("The drill of %s due at %s was skipped, as asked with /drill skip. %s", e.route, runClock(t), s.nextText(e, s.now())))
+	s.announce(nctx, e.route, fmt.Sprintf("The drill of %s due at %s was skipped, as %s asked with /drill skip. %s", e.route, runClock(t), by, s.nextText(e, s.now())))
 	return nil
 }
 
@@ -388,9 +393,10 @@ type txnExtra struct {
 
 // recordSkipped creates the run record of t in state skipped with its
 // drill.skipped audit event, in one transaction that succeeds only if no
-// record exists (and extra's compares hold). ok is false when another
-// scheduler got there first.
-func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time, reason string, extra *txnExtra) (bool, error) {
+// record exists (and extra's compares hold). actor is who the event names:
+// the person who asked for the skip, or the scheduler for a late run. ok
+// is false when another scheduler got there first.
+func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time, actor, reason string, extra *txnExtra) (bool, error) {
 	now := s.now().UTC()
 	rec := RunRecord{
 		Route: e.route, Scheduled: t.UTC(), State: RunSkipped, Owner: leaseHex(s.cfg.Owner.Lease()),
@@ -402,7 +408,7 @@ func (s *Scheduler) recordSkipped(ctx context.Context, e schedEntry, t time.Time
 	}
 	ev := audit.Event{
 		EventID: uuid.New(), OpID: uuid.New(), Kind: audit.KindDrillSkipped, Route: e.route,
-		Actor: SchedulerActor, Channel: s.cfg.AnnounceChannel, Reason: commands.Clip(reason, 1000), Outcome: RunSkipped,
+		Actor: actor, Channel: s.cfg.AnnounceChannel, Reason: commands.Clip(reason, 1000), Outcome: RunSkipped,
 		SchemaVersion: audit.SchemaVersion, OccurredAt: now,
 	}
 	ev.Details, _ = json.Marshal(map[string]any{
@@ -496,7 +502,7 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 // schedule's revision; failing is harmless (the next tick tries again).
 func (s *Scheduler) clearSkip(ctx context.Context, e schedEntry) {
 	sc := e.sc
-	sc.Skip = 0
+	sc.Skip, sc.SkippedBy = 0, ""
 	val, err := json.Marshal(sc)
 	if err != nil {
 		return

@@ -199,6 +199,14 @@ func (e *schedEnv) seedRoute(t *testing.T, route string) {
 
 func (e *schedEnv) put(t *testing.T, route, expr string, createdAt time.Time) {
 	t.Helper()
+	// A schedule needs its route; a test that did not seed one gets a
+	// bare route config (its runner is a fake that never reads it).
+	if _, err := e.admin.Txn(schedCtx(t)).
+		If(clientv3.Compare(clientv3.CreateRevision(routing.Keyspace{Prefix: e.prefix}.Route(route)), "=", 0)).
+		Then(clientv3.OpPut(routing.Keyspace{Prefix: e.prefix}.Route(route), `{"active":"v42","previous":"v41"}`)).
+		Commit(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := e.store.Put(schedCtx(t), route, Schedule{Cron: expr, CreatedBy: "U0SCHED", CreatedAt: createdAt}); err != nil {
 		t.Fatal(err)
 	}
@@ -437,7 +445,7 @@ func TestSchedulerSkipAsked(t *testing.T) {
 	e.put(t, "chat-70b", "0 9 * * *", time.Time{})
 	r := e.replica(t, "a", nil)
 	due := utc("2026-03-02T09:00:00Z")
-	if got, err := e.store.SkipNext(schedCtx(t), "chat-70b"); err != nil || !got.Equal(due) {
+	if got, err := e.store.SkipNext(schedCtx(t), "chat-70b", "U-SKIPPER"); err != nil || !got.Equal(due) {
 		t.Fatalf("SkipNext: %v %v", got, err)
 	}
 	// A skipped run is not announced.
@@ -453,17 +461,17 @@ func TestSchedulerSkipAsked(t *testing.T) {
 		t.Fatalf("a skipped run ran: %v", calls)
 	}
 	rec, _, ok := e.record(t, "chat-70b", due)
-	if !ok || rec.State != RunSkipped || !strings.Contains(rec.Detail, "skipped by /drill skip") {
+	if !ok || rec.State != RunSkipped || !strings.Contains(rec.Detail, "skipped with /drill skip by U-SKIPPER") {
 		t.Fatalf("record %+v", rec)
 	}
 	evs := e.events(t, audit.KindDrillSkipped)
-	if len(evs) != 1 || evs[0].Reason != "skipped by /drill skip (the schedule was created by U0SCHED)" {
+	if len(evs) != 1 || evs[0].Actor != "U-SKIPPER" || evs[0].Reason != "skipped with /drill skip by U-SKIPPER (the schedule was created by U0SCHED)" {
 		t.Fatalf("drill.skipped events %+v", evs)
 	}
-	if sc, _, err := e.store.Get(schedCtx(t), "chat-70b"); err != nil || sc.Skip != 0 {
+	if sc, _, err := e.store.Get(schedCtx(t), "chat-70b"); err != nil || sc.Skip != 0 || sc.SkippedBy != "" {
 		t.Fatalf("skip not cleared: %+v %v", sc, err)
 	}
-	if msgs := e.ann.Containing("was skipped, as asked with /drill skip", "The next is at 09:00 UTC on Tue 3 Mar"); len(msgs) != 1 {
+	if msgs := e.ann.Containing("was skipped, as U-SKIPPER asked with /drill skip", "The next is at 09:00 UTC on Tue 3 Mar"); len(msgs) != 1 {
 		t.Fatalf("skip notices %v", e.ann.Msgs())
 	}
 	// The run after it runs.
@@ -479,6 +487,10 @@ func TestSchedulerAnnouncements(t *testing.T) {
 	e.seedRoute(t, "chat-70b")
 	e.put(t, "chat-70b", "0 9 * * 1", time.Time{})
 	e.put(t, "ghost", "CRON_TZ=Europe/Berlin 0 10 * * 1", time.Time{})
+	// The route is removed after its drills were scheduled.
+	if _, err := e.admin.Delete(schedCtx(t), routing.Keyspace{Prefix: e.prefix}.Route("ghost")); err != nil {
+		t.Fatal(err)
+	}
 	a, b := e.replica(t, "a", nil), e.replica(t, "b", nil)
 	both := func() {
 		a.once(t)

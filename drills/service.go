@@ -60,7 +60,7 @@ func (s *Service) Drill(ctx context.Context, origin commands.Origin, cmd command
 		}
 		return commands.DrillReply{Text: fmt.Sprintf("Drills of %s cancelled; no more will run until scheduled again.", c.Route)}, nil
 	case commands.DrillSkipCmd:
-		skipped, err := s.store.SkipNext(ctx, c.Route)
+		skipped, err := s.store.SkipNext(ctx, c.Route, origin.Actor.ID)
 		if err != nil {
 			return commands.DrillReply{}, err
 		}
