@@ -36,8 +36,12 @@ func lookupFlag(name string) (flagSpec, bool) {
 		return flagSpec{value: true, commands: []string{"rollback"}}, true
 	case "expect-rev", "reason":
 		return flagSpec{value: true, commands: changes}, true
-	case "force-cold", "dry-run":
+	case "force-cold":
 		return flagSpec{commands: changes}, true
+	case "dry-run":
+		return flagSpec{commands: append(changes, "drill")}, true
+	case "chart":
+		return flagSpec{value: true, commands: []string{"drill"}}, true
 	case "limit":
 		return flagSpec{value: true, commands: []string{"history"}}, true
 	}
@@ -62,6 +66,8 @@ type invocation struct {
 	// reasonSet is true when --reason was given (even empty).
 	reasonSet bool
 	limit     int
+	// chart is where drill history writes its PNG.
+	chart string
 }
 
 // defaultTimeout bounds a whole invocation unless --timeout says otherwise.
@@ -166,6 +172,11 @@ func (inv *invocation) set(name, value string) error {
 			return usagef("--expect-rev wants the route's revision as shown by status (a whole number from 1), got %q", value)
 		}
 		inv.expectRev = n
+	case "chart":
+		if strings.TrimSpace(value) == "" {
+			return usagef("--chart wants a file name for the PNG")
+		}
+		inv.chart = value
 	case "limit":
 		n, err := strconv.Atoi(value)
 		if err != nil || n < 1 {

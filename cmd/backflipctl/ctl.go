@@ -53,6 +53,13 @@ commands:
                                         move a route forward (creates it when it does not exist)
   history [<route>] [--limit N]         audit events, newest first (default 20, at most 500)
   fleet                                 GPU nodes registered in etcd and what they serve
+  drill run <route> [--dry-run]         a drill now: roll back to previous, verify, hold, flip back
+  drill schedule <route> "<cron>"       drill on a schedule (5-field cron, CRON_TZ=Zone/City allowed;
+                                        quote it); answers the next three runs
+  drill cancel <route>                  remove the route's schedule
+  drill skip <route>                    skip the next scheduled drill, keep the schedule
+  drill list                            every schedule and its next runs
+  drill history [<route>] [--chart F]   drill timings, p50/p95 and SLO; --chart writes the trend PNG
   help                                  this text
 
 flags (anywhere on the line):
@@ -64,18 +71,20 @@ flags (anywhere on the line):
 environment:
   BACKFLIP_ETCD_ENDPOINTS (required), BACKFLIP_ETCD_PREFIX, BACKFLIP_ETCD_CA_FILE, BACKFLIP_ETCD_CERT_FILE,
   BACKFLIP_ETCD_KEY_FILE, BACKFLIP_ETCD_USERNAME, BACKFLIP_ETCD_PASSWORD: etcd, as the bot reaches it
-  BACKFLIP_AGENT_TOKEN      required by status, rollback and promote (warm checks ask the agents)
-  BACKFLIP_RUNTIME_SECRET   required by rollback (abort signals to the workflow runtimes)
+  BACKFLIP_AGENT_TOKEN      required by status, rollback, promote and drill run (warm checks ask the agents)
+  BACKFLIP_RUNTIME_SECRET   required by rollback and drill run (abort signals to the workflow runtimes)
   BACKFLIP_DATABASE_URL     optional: audit history and drill times; without it history shows only
                             events not yet shipped from etcd
   BACKFLIP_WARM_QUORUM, BACKFLIP_WARM_TIMEOUT, BACKFLIP_WARM_MAX_AGE, BACKFLIP_ROUTER_CONVERGE_TIMEOUT,
-  BACKFLIP_ABORT_ACK_TIMEOUT, BACKFLIP_ROLLBACK_SLO: as for the bot
+  BACKFLIP_ABORT_ACK_TIMEOUT, BACKFLIP_ROLLBACK_SLO, BACKFLIP_DRILL_VERIFY_WINDOW,
+  BACKFLIP_DRILL_QUIET_PERIOD: as for the bot
 
 exit codes:
   0  done (a degraded rollback too: the route flipped; a warning says what did not confirm)
-  1  failed: etcd or Postgres unavailable, internal error
+  1  failed: etcd or Postgres unavailable, internal error, a drill that failed
   2  bad input: usage, configuration, invalid name, route not found
-  3  refused: target not warm, stale --expect-rev, conflicting change, not authorized
+  3  refused: target not warm, stale --expect-rev, conflicting change, not authorized, a drill
+     refused or superseded by a real change
 
 The actor recorded is cli:<os-user>@<host>, with the etcd user as its name.`
 
@@ -102,7 +111,7 @@ func (m Main) Run(ctx context.Context, args []string) int {
 
 	cfg, err := config.FromLookup(m.Getenv)
 	if err == nil {
-		err = requireFor(cfg, inv.command)
+		err = requireFor(cfg, inv)
 	}
 	if err != nil {
 		return m.fail(inv, nil, exitInput, commands.EINVALID, err.Error(), nil)
@@ -116,7 +125,7 @@ func (m Main) Run(ctx context.Context, args []string) int {
 	ctx, cancel := context.WithTimeout(ctx, inv.timeout)
 	defer cancel()
 	received := time.Now()
-	deps, err := connect(ctx, cfg, inv.command, log)
+	deps, err := connect(ctx, cfg, inv, log)
 	if err != nil {
 		log.Debug("start-up failed", zap.Error(err))
 		var se *startError
@@ -263,19 +272,24 @@ func (m Main) logger(cfg *config.Config, verbose bool) (*zap.Logger, error) {
 
 // requireFor checks the variables a command needs beyond what
 // config.Validate checks, and names the first one missing.
-func requireFor(cfg *config.Config, command string) error {
+func requireFor(cfg *config.Config, inv invocation) error {
+	command := inv.command
+	if inv.flips() && command == "drill" {
+		// A drill is a rollback and a return: it needs what they need.
+		command = "drill run"
+	}
 	var errs config.Errors
 	if len(cfg.Etcd.Endpoints) == 0 {
 		errs = append(errs, &config.VarError{Var: "BACKFLIP_ETCD_ENDPOINTS", Problem: "required (comma-separated etcd endpoints such as http://etcd-0:2379)"})
 	}
 	switch command {
-	case "status", "rollback", "promote":
+	case "status", "rollback", "promote", "drill run":
 		if !cfg.Secrets.AgentToken.IsSet() {
 			errs = append(errs, &config.VarError{Var: "BACKFLIP_AGENT_TOKEN", Problem: "required by " + command + " (the bearer token the agents expect; warm checks ask them)"})
 		}
 	}
-	if command == "rollback" && !cfg.Secrets.RuntimeSecret.IsSet() {
-		errs = append(errs, &config.VarError{Var: "BACKFLIP_RUNTIME_SECRET", Problem: "required by rollback (the HMAC key of the abort signal to the workflow runtimes)"})
+	if (command == "rollback" || command == "drill run") && !cfg.Secrets.RuntimeSecret.IsSet() {
+		errs = append(errs, &config.VarError{Var: "BACKFLIP_RUNTIME_SECRET", Problem: "required by " + command + " (the HMAC key of the abort signal to the workflow runtimes)"})
 	}
 	if len(errs) == 0 {
 		return nil

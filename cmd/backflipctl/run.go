@@ -110,6 +110,9 @@ func (inv *invocation) check() (command, error) {
 			res, err := r.svc.Promote(ctx, req, r.progress)
 			return resultOut(res), err
 		}, nil
+
+	case "drill":
+		return inv.drillCheck()
 	}
 	return nil, usagef("unknown command %q", clip(inv.command, 40))
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/backflip-dev/backflip/audit"
 	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/drills"
 	"github.com/backflip-dev/backflip/fleet/runtime"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/config"
@@ -50,7 +51,7 @@ func (e *startError) Unwrap() error { return e.err }
 // connect builds the Service command needs: the etcd client, the warm
 // checker, the runtime signaller, the owner lease of a rollback or
 // promotion, and the audit database pool when BACKFLIP_DATABASE_URL is set.
-func connect(ctx context.Context, cfg *config.Config, command string, log *zap.Logger) (_ *deps, err error) {
+func connect(ctx context.Context, cfg *config.Config, inv invocation, log *zap.Logger) (_ *deps, err error) {
 	d := &deps{}
 	defer func() {
 		if err != nil {
@@ -98,7 +99,7 @@ func connect(ctx context.Context, cfg *config.Config, command string, log *zap.L
 	}
 
 	var owner commands.Lessee = readOnly{}
-	if command == "rollback" || command == "promote" {
+	if inv.flips() {
 		// The session's keepalives stop when ctx ends (the --timeout): an
 		// op still running then is left to the bot's recovery once the
 		// lease expires, as if backflipctl had been killed.
@@ -131,7 +132,27 @@ func connect(ctx context.Context, cfg *config.Config, command string, log *zap.L
 	if d.svc, err = commands.New(scfg); err != nil {
 		return nil, &startError{exit: exitFailed, msg: err.Error(), err: err}
 	}
+	if inv.command == "drill" {
+		// The same drills the bot runs, without the scheduler (that is the
+		// bot's elected job) and without chat announcements: the report
+		// is the answer here.
+		ds, err := drills.New(drills.Config{
+			Etcd: cli, Prefix: cfg.Etcd.Prefix, Commands: d.svc, Warm: checker, Owner: owner, DB: scfg.DB,
+			VerifyWindow: cfg.Timing.DrillVerifyWindow, QuietPeriod: cfg.Timing.DrillQuietPeriod, SLO: cfg.Timing.RollbackSLO,
+			Logger: log.Named("drills"),
+		})
+		if err != nil {
+			return nil, &startError{exit: exitFailed, msg: err.Error(), err: err}
+		}
+		d.svc.SetDrills(ds)
+	}
 	return d, nil
+}
+
+// flips is true for the commands that change a route (rollback, promote,
+// drill run): they hold an owner lease for their op records.
+func (inv invocation) flips() bool {
+	return inv.command == "rollback" || inv.command == "promote" || (inv.command == "drill" && first(inv.args) == "run")
 }
 
 // readOnly is the owner of status, history and fleet: they never write an
