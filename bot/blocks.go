@@ -706,7 +706,9 @@ func routeStatusText(rs *commands.RouteStatus, now time.Time, drillDetail bool) 
 	}
 	b.WriteString(" · " + inflightText(rs.InFlight))
 
-	if c.Kind != routing.KindPromote && c.From != "" && c.From == c.Previous {
+	// Only after a rollback (or a drill still holding) is a default
+	// rollback refused: a drill's return is back where the route was.
+	if (c.Kind == routing.KindRollback || c.Kind == routing.KindDrill) && c.From != "" && c.From == c.Previous {
 		detail = append(detail, fmt.Sprintf("the last change was a %s from %s: a rollback without --to is refused; --to %s undoes it",
 			md(string(c.Kind), 20), md(c.From, clipName), md(c.From, clipName)))
 	}
