@@ -137,7 +137,7 @@ func (m Main) dev(ctx context.Context, args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 
-	stack, err := devstack.Start(ctx, devstack.Config{
+	dcfg := devstack.Config{
 		StateDir:        *stateDir,
 		Routers:         *routers,
 		Nodes:           *nodes,
@@ -149,7 +149,17 @@ func (m Main) dev(ctx context.Context, args []string) error {
 		ConvergeTimeout: cfg.Timing.RouterConvergeTimeout,
 		AckTimeout:      cfg.Timing.AbortAckTimeout,
 		Logger:          log,
-	})
+	}
+	// The drill timing of the environment when it is set; the dev stack's
+	// own short one otherwise (the contract's 24 h quiet period would
+	// refuse every drill on routes seeded a moment ago).
+	if _, set := m.Getenv("BACKFLIP_DRILL_VERIFY_WINDOW"); set {
+		dcfg.DrillVerifyWindow = cfg.Timing.DrillVerifyWindow
+	}
+	if _, set := m.Getenv("BACKFLIP_DRILL_QUIET_PERIOD"); set {
+		dcfg.DrillQuietPeriod = cfg.Timing.DrillQuietPeriod
+	}
+	stack, err := devstack.Start(ctx, dcfg)
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,12 @@ type Config struct {
 	// packages' defaults.
 	ConvergeTimeout time.Duration
 	AckTimeout      time.Duration
+	// DrillVerifyWindow and DrillQuietPeriod are BACKFLIP_DRILL_VERIFY_WINDOW
+	// and BACKFLIP_DRILL_QUIET_PERIOD when set; zero means the dev stack's
+	// own short ones (3s and 10s), so a drill can be watched within a
+	// minute of start.
+	DrillVerifyWindow time.Duration
+	DrillQuietPeriod  time.Duration
 	// Logger receives the stack's logs. Required.
 	Logger *zap.Logger
 	// Now is the clock of the fleet and the use cases. Default
@@ -105,6 +111,12 @@ func (c *Config) defaults() {
 	}
 	if c.WarmTimeout <= 0 {
 		c.WarmTimeout = defaultWarmTimeout
+	}
+	if c.DrillVerifyWindow <= 0 {
+		c.DrillVerifyWindow = devVerifyWindow
+	}
+	if c.DrillQuietPeriod <= 0 {
+		c.DrillQuietPeriod = devQuietPeriod
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -274,12 +286,13 @@ func (s *Stack) Origin() commands.Origin { return s.origin }
 // It also sets up drills: /drill runs them through the same rollback path,
 // and the drill scheduler runs as a second singleton job, announcing in
 // the terminal's channel through announce. The dev stack's quiet period is
-// short (devQuietPeriod), because its routes were promoted a moment ago.
+// short (Config.DrillQuietPeriod), because its routes were promoted a
+// moment ago.
 func (s *Stack) StartJobs(notify func(context.Context, commands.Notice), announce drills.Announcer) error {
 	ds, err := drills.New(drills.Config{
 		Etcd: s.client, Prefix: s.cfg.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.owner,
 		Announcer: announce, AnnounceChannel: devChannel,
-		VerifyWindow: devVerifyWindow, QuietPeriod: devQuietPeriod,
+		VerifyWindow: s.cfg.DrillVerifyWindow, QuietPeriod: s.cfg.DrillQuietPeriod,
 		Logger: s.cfg.Logger.Named("drills"), Now: s.cfg.Now,
 	})
 	if err != nil {
