@@ -18,6 +18,13 @@ func Connect(ctx context.Context, url string) (*pgxpool.Pool, error) {
 		// pgx's parse errors can quote the URL, password included.
 		return nil, fmt.Errorf("BACKFLIP_DATABASE_URL is not a valid Postgres connection URL")
 	}
+	return ConnectConfig(ctx, cfg)
+}
+
+// ConnectConfig is Connect with a parsed configuration (the dev stack
+// connects to its own cluster as the bot's role this way, without
+// formatting a URL). It sets the pool's sizes and timeouts on cfg.
+func ConnectConfig(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
 	cfg.MaxConns = 8
 	cfg.MinConns = 0
 	cfg.MaxConnIdleTime = 5 * time.Minute
