@@ -4,69 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"runtime"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
-	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/backflip-dev/backflip/internal/pglocal"
 )
 
 const (
 	dirPattern = "backflip-pgtest-" // os.MkdirTemp pattern of a cluster's folder
 	lockName   = "lock"             // flock'ed by the owning test binary while it lives
-	logName    = "postgres.log"
-	port       = "5432" // only names the socket file: each cluster has its own socket folder
-
-	// maxSocketPath is the longest unix socket path Postgres accepts (sun_path less the NUL).
-	maxSocketPath = 107
-
-	// logTail is how much of Postgres's log an error quotes.
-	logTail = 4 << 10
 )
 
-// cluster is a Postgres cluster in a private folder, run by this process:
+// cluster is a throwaway pglocal cluster in a private folder, run by this process:
 //
-//	<base>/               owned by the server's OS user, mode 0700: with trust
-//	                      authentication, only that user and root may connect
-//	<base>/data/          the data directory
-//	<base>/.s.PGSQL.5432  the socket (listen_addresses is empty: no TCP)
-//	<base>/postgres.log   postgres's stdout and stderr
+//	<base>/               the pglocal folder (data/, postgres.log, ...); durability is off
+//	                      and it listens only on a unix socket in a private folder
 //	<base>/lock           held with flock(2) while the owning process lives
 type cluster struct {
-	bin  string
 	base string
-	cred *syscall.Credential // nil: run as ourselves
 	lock *os.File
-	url  string
-	cfg  *pgx.ConnConfig
-
-	mu   sync.Mutex
-	proc *os.Process
-	done chan struct{} // closed once proc has exited; nil before the first start
+	pg   *pglocal.Cluster // nil until started
 }
 
 func startCluster(ctx context.Context) (*cluster, error) {
-	bin, err := findBinDir(os.Getenv, exec.LookPath, debianBinGlob)
-	if err != nil {
-		return nil, err
-	}
-	cred, err := serverCredential()
-	if err != nil {
-		return nil, err
-	}
 	base, err := makeBase()
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{bin: bin, base: base, cred: cred}
+	c := &cluster{base: base}
 	if err := c.provision(ctx); err != nil {
 		return nil, errors.Join(err, c.close())
 	}
@@ -88,184 +54,25 @@ func (c *cluster) provision(ctx context.Context) error {
 	if err := os.Rename(lockPath+".new", lockPath); err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	if sock := filepath.Join(c.base, ".s.PGSQL."+port); len(sock) > maxSocketPath {
-		return fmt.Errorf("pgtest: socket path %s is %d bytes, over Postgres's limit of %d: use a shorter TMPDIR", sock, len(sock), maxSocketPath)
+	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: c.base})
+	if errors.Is(err, pglocal.ErrNoBinaries) {
+		return fmt.Errorf("pgtest: %w; or set %s to a server the tests may create databases on", err, EnvDatabaseURL)
 	}
-	// Create the log as ourselves before handing the folder over: postgres writes to the
-	// descriptor it inherits and never needs to open it.
-	logf, err := os.OpenFile(c.logPath(), os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fmt.Errorf("pgtest: %w", err)
 	}
-	logf.Close()
-	if c.cred != nil {
-		if err := os.Chown(c.base, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
-			return fmt.Errorf("pgtest: hand %s to the postgres user: %w", c.base, err)
-		}
-	}
-	if err := c.initdb(ctx); err != nil {
-		return err
-	}
-	c.url = socketURL(c.base, port)
-	if c.cfg, err = pgx.ParseConfig(c.url); err != nil {
-		return fmt.Errorf("pgtest: parse own URL: %w", err)
-	}
-	return c.start(ctx)
-}
-
-func (c *cluster) dataDir() string { return filepath.Join(c.base, "data") }
-func (c *cluster) logPath() string { return filepath.Join(c.base, logName) }
-
-func (c *cluster) initdb(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "initdb"),
-		"--pgdata", c.dataDir(),
-		"--username", "postgres", // the same superuser whether we run as root or not
-		"--auth", "trust", // reachable only through the 0700 socket folder
-		"--encoding", "UTF8",
-		"--locale", "C",
-		"--no-sync",
-	)
-	cmd.Dir = c.base // initdb complains when it cannot read its working folder
-	cmd.Env = childEnv()
-	// No parent-death signal: initdb ends by itself within seconds, and the signal could
-	// also fire spuriously if the Go thread that started it exits.
-	cmd.SysProcAttr = sysProcAttr(c.cred, false)
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("pgtest: initdb failed after %s: %w\n%s", time.Since(start).Round(time.Millisecond), err, tail(out))
-	}
+	c.pg = pg
 	return nil
 }
 
-// start runs postgres as a child process (not daemonized by pg_ctl, so that the parent-death
-// signal applies to it) and waits until it accepts connections.
-func (c *cluster) start(ctx context.Context) error {
-	c.mu.Lock()
-	if c.runningLocked() {
-		c.mu.Unlock()
-		return errors.New("pgtest: postgres is already running")
-	}
-	logf, err := os.OpenFile(c.logPath(), os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		c.mu.Unlock()
-		return fmt.Errorf("pgtest: %w", err)
-	}
-	cmd := exec.Command(filepath.Join(c.bin, "postgres"),
-		"-D", c.dataDir(),
-		"-k", c.base,
-		"-p", port,
-		"-c", "listen_addresses=",
-		// A throwaway cluster has nothing to protect from a crash.
-		"-c", "fsync=off",
-		"-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off",
-		// Dynamic shared memory as files in the data directory instead of POSIX segments in
-		// /dev/shm, which a killed postgres leaves behind and nothing ever removes.
-		"-c", "dynamic_shared_memory_type=mmap",
-	)
-	cmd.Dir = c.base
-	cmd.Env = childEnv()
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	cmd.SysProcAttr = sysProcAttr(c.cred, true)
-
-	// The parent-death signal fires when the thread that forked the child exits, not the
-	// process, and Go ends threads whose goroutine exits while locked to them. Starting and
-	// waiting on one locked thread keeps that thread alive exactly as long as postgres.
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait() // an exit status tells nothing the log does not
-		close(done)
-	}()
-	err = <-started
-	logf.Close()
-	if err != nil {
-		c.mu.Unlock()
-		return fmt.Errorf("pgtest: start postgres: %w", err)
-	}
-	c.proc, c.done = cmd.Process, done
-	c.mu.Unlock()
-
-	if err := c.waitReady(ctx, done); err != nil {
-		return errors.Join(err, c.stop())
-	}
-	return nil
-}
-
-// waitReady connects until a connection succeeds, postgres exits, or readyTimeout passes.
-func (c *cluster) waitReady(ctx context.Context, exited <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	var lastErr error
-	for {
-		attempt, cancelAttempt := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgx.ConnectConfig(attempt, c.cfg)
-		cancelAttempt()
-		if err == nil {
-			return conn.Close(ctx)
-		}
-		lastErr = err
-		select {
-		case <-exited:
-			return fmt.Errorf("pgtest: postgres exited during start-up; its log ends:\n%s", c.logTail())
-		case <-ctx.Done():
-			return fmt.Errorf("pgtest: postgres not accepting connections: %w (last: %v); its log ends:\n%s", ctx.Err(), lastErr, c.logTail())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
-func (c *cluster) running() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.runningLocked()
-}
-
-func (c *cluster) runningLocked() bool {
-	if c.done == nil {
-		return false
-	}
-	select {
-	case <-c.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop asks for a fast shutdown (SIGINT: end sessions, checkpoint, exit) and waits for it.
-// Stopping a cluster that is not running is not an error.
-func (c *cluster) stop() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.runningLocked() {
-		return nil
-	}
-	if err := c.proc.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("pgtest: stop postgres: %w", err)
-	}
-	select {
-	case <-c.done:
-		return nil
-	case <-time.After(opTimeout):
-		_ = c.proc.Kill()
-		<-c.done
-		return fmt.Errorf("pgtest: postgres ignored fast shutdown for %s and was killed; its log ends:\n%s", opTimeout, c.logTail())
-	}
-}
+func (c *cluster) running() bool { return c.pg != nil && c.pg.Running() }
 
 // close stops postgres and removes the folder. It works on a half-provisioned cluster.
 func (c *cluster) close() error {
-	err := c.stop()
+	var err error
+	if c.pg != nil {
+		err = c.pg.Close()
+	}
 	if rmErr := os.RemoveAll(c.base); rmErr != nil {
 		err = errors.Join(err, fmt.Errorf("pgtest: remove cluster folder: %w", rmErr))
 	}
@@ -273,46 +80,6 @@ func (c *cluster) close() error {
 		c.lock.Close()
 	}
 	return err
-}
-
-func (c *cluster) logTail() string {
-	f, err := os.Open(c.logPath())
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > logTail {
-		_, _ = f.Seek(-logTail, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	return tail(b)
-}
-
-func tail(b []byte) string {
-	if len(b) > logTail {
-		b = b[len(b)-logTail:]
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// serverCredential returns who initdb and postgres run as. They refuse to run as root, so
-// root runs them as the postgres OS user (Debian's package creates it); anyone else runs
-// them as themselves.
-func serverCredential() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("pgtest: running as root, and initdb and postgres refuse to, so they run as the 'postgres' OS user, "+
-			"which was not found (create it with `useradd --system --user-group postgres`, or run scripts/ensure-postgres.sh): %w", err)
-	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		return nil, fmt.Errorf("pgtest: postgres user ids: %w", err)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }
 
 // minShmFree is the free space /dev/shm must have to hold clusters: one takes about 40 MB
@@ -376,18 +143,4 @@ func sweepStale(parent string) {
 		}
 		f.Close()
 	}
-}
-
-// childEnv is our environment without the PG* variables (PGDATA, PGPORT, PGOPTIONS, ... are
-// read by the server tools too) and with messages in the C locale, so logs quoted in errors
-// read the same everywhere.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "LC_") || strings.HasPrefix(kv, "LANG") {
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env, "LC_ALL=C")
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/backflip-dev/backflip/internal/pglocal"
 )
 
 // EnvDatabaseURL names the variable that points tests at an existing server instead of a
@@ -52,12 +54,9 @@ type Server struct {
 	closeErr  error
 }
 
-// Timeouts. A test database is created and dropped in milliseconds; these bounds only turn a
-// hung server into a failure instead of a stuck test binary.
-const (
-	readyTimeout = 15 * time.Second
-	opTimeout    = 30 * time.Second
-)
+// opTimeout bounds statements: a test database is created and dropped in milliseconds; it
+// only turns a hung server into a failure instead of a stuck test binary.
+const opTimeout = 30 * time.Second
 
 // Start starts a cluster for the whole test binary (call it from TestMain and Close it after
 // m.Run) or, when BACKFLIP_TEST_DATABASE_URL is set and opts.Local is not, connects to that
@@ -89,7 +88,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.local, s.adminURL, s.admin = c, c.url, c.cfg
+		s.local, s.adminURL, s.admin = c, c.pg.URL(""), c.pg.ConnConfig("")
 	}
 	if s.local != nil {
 		// Since Postgres 15, CREATE DATABASE copies the template through the WAL by default.
@@ -222,7 +221,7 @@ func (s *Server) URL(database string) string {
 	if database == "" {
 		return s.adminURL
 	}
-	return withDatabase(s.adminURL, database)
+	return pglocal.WithDatabase(s.adminURL, database)
 }
 
 // NewDatabase creates a fresh database cloned from the template and returns its connection
@@ -263,7 +262,7 @@ func (s *Server) Stop() error {
 		return ErrExternal
 	}
 	s.closeIdle()
-	return s.local.stop()
+	return s.local.pg.Stop()
 }
 
 // Restart starts the stopped cluster again on the same socket folder and port, so every
@@ -272,7 +271,7 @@ func (s *Server) Restart(ctx context.Context) error {
 	if s.local == nil {
 		return ErrExternal
 	}
-	return s.local.start(ctx)
+	return s.local.pg.Restart(ctx)
 }
 
 // Close stops the local cluster and removes its folder. On an external server it drops the

@@ -1,7 +1,6 @@
-package pgtest
+package pglocal
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,21 +13,17 @@ import (
 // are not on PATH there.
 const debianBinGlob = "/usr/lib/postgresql/*/bin"
 
-// errNoBinaries is the message a test fails with when nothing can run Postgres. It names
-// every way out.
-var errNoBinaries = errors.New("pgtest: PostgreSQL server binaries (initdb, postgres) not found in $BACKFLIP_PG_BIN, PATH or " +
-	debianBinGlob + ": install the 'postgresql' package (as root, scripts/ensure-postgres.sh does it), " +
-	"or set BACKFLIP_PG_BIN to the folder holding initdb and postgres, " +
-	"or set " + EnvDatabaseURL + " to a server the tests may create databases on")
+// EnvBin names the variable that points at the folder holding initdb and postgres.
+const EnvBin = "BACKFLIP_PG_BIN"
 
 // findBinDir returns the folder holding initdb and postgres: $BACKFLIP_PG_BIN if set (and
 // then only it), else the folder of initdb on PATH (symlinks resolved, so /usr/local/bin
 // links into /usr/lib/postgresql/15/bin work), else the newest /usr/lib/postgresql/*/bin.
 // scripts/ensure-postgres.sh follows the same order.
-func findBinDir(getenv func(string) string, lookPath func(string) (string, error), glob string) (string, error) {
-	if dir := getenv("BACKFLIP_PG_BIN"); dir != "" {
+func findBinDir(getenv func(string) (string, bool), lookPath func(string) (string, error), glob string) (string, error) {
+	if dir, _ := getenv(EnvBin); dir != "" {
 		if !hasServer(dir) {
-			return "", fmt.Errorf("pgtest: BACKFLIP_PG_BIN=%s does not hold both initdb and postgres", dir)
+			return "", fmt.Errorf("pglocal: %s=%s does not hold both initdb and postgres: %w", EnvBin, dir, ErrNoBinaries)
 		}
 		return dir, nil
 	}
@@ -53,7 +48,7 @@ func findBinDir(getenv func(string) string, lookPath func(string) (string, error
 			return dir, nil
 		}
 	}
-	return "", errNoBinaries
+	return "", fmt.Errorf("pglocal: no initdb and postgres in $%s, PATH or %s: %w", EnvBin, glob, ErrNoBinaries)
 }
 
 func hasServer(dir string) bool {
