@@ -1,0 +1,9 @@
+package deploy
+
+import (
+	"testing"
+
+	"github.com/backflip-dev/backflip/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) { etcdtest.VerifyTestMain(m) }
