@@ -165,6 +165,74 @@ func TestExampleConfig(t *testing.T) {
 	}
 }
 
+// TestShippedConfigs loads every configs/agent*.json with the agent's own
+// loader and builds its probers, so no example in configs/ can rot. The
+// per-engine files must each show one node serving two versions of one
+// route on one engine, every server on a port of its own.
+func TestShippedConfigs(t *testing.T) {
+	paths, err := filepath.Glob("../../configs/agent*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	engines := map[string]string{ // file → the kind it shows
+		"agent.vllm.json":   KindOpenAI,
+		"agent.triton.json": KindKServeV2,
+		"agent.tgi.json":    KindTGI,
+		"agent.ollama.json": KindOllama,
+	}
+	found := map[string]bool{}
+	for _, path := range paths {
+		name := filepath.Base(path)
+		found[name] = true
+		t.Run(name, func(t *testing.T) {
+			c, err := LoadConfig(path)
+			if err != nil {
+				t.Fatalf("configs/%s: %v", name, err)
+			}
+			urls := map[string]int{}
+			for i, s := range c.Servers {
+				if _, err := NewProber(s, nil); err != nil {
+					t.Errorf("servers[%d]: %v", i, err)
+				}
+				if j, dup := urls[s.URL]; dup {
+					t.Errorf("servers[%d] and servers[%d] share %s: each server needs a port of its own", j, i, s.URL)
+				}
+				urls[s.URL] = i
+			}
+			kind, ok := engines[name]
+			if !ok {
+				return
+			}
+			versions := map[string]map[string]bool{}
+			for i, s := range c.Servers {
+				if s.Kind != kind {
+					t.Errorf("servers[%d].kind is %q; configs/%s shows %s only", i, s.Kind, name, kind)
+				}
+				if versions[s.Route] == nil {
+					versions[s.Route] = map[string]bool{}
+				}
+				versions[s.Route][s.Version] = true
+			}
+			if len(versions) != 1 {
+				t.Errorf("configs/%s should serve one route, serves %d", name, len(versions))
+			}
+			for route, vs := range versions {
+				if len(vs) != 2 {
+					t.Errorf("configs/%s should serve two versions of %s (active and rollback target), serves %d", name, route, len(vs))
+				}
+			}
+		})
+	}
+	if !found["agent.example.json"] {
+		t.Error("configs/agent.example.json is missing")
+	}
+	for name := range engines {
+		if !found[name] {
+			t.Errorf("configs/%s is missing", name)
+		}
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(mustJSON(f, validConfig())))
 	f.Add([]byte(`{"servers":[{"kind":"openai","budget":"1s"}]}`))
