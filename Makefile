@@ -36,9 +36,13 @@ lint:
 
 # make run: the whole system on this machine, state in .backflip/.
 # (built, then run, so Ctrl-C reaches backflip directly and exits cleanly.)
+# Its audit database is a Postgres started from the local binaries, found
+# or installed as for make test; without them backflip dev still runs, says
+# why there is no database, and keeps audit events queued in etcd.
 run:
 	@$(GO) build -o bin/backflip ./cmd/backflip
-	@./bin/backflip dev
+	@pgbin=$$(bash scripts/ensure-postgres.sh) || pgbin=; \
+	exec env $${pgbin:+BACKFLIP_PG_BIN="$$pgbin"} ./bin/backflip dev
 
 clean:
 	rm -rf bin/ .backflip/ bench.txt

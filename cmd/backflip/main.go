@@ -148,7 +148,11 @@ func (m Main) dev(ctx context.Context, args []string) error {
 		WarmTimeout:     cfg.Timing.WarmTimeout,
 		ConvergeTimeout: cfg.Timing.RouterConvergeTimeout,
 		AckTimeout:      cfg.Timing.AbortAckTimeout,
+		Getenv:          m.Getenv,
 		Logger:          log,
+	}
+	if cfg.Postgres.URL.IsSet() {
+		dcfg.DatabaseURL = cfg.Postgres.URL.Reveal()
 	}
 	// The drill timing of the environment when it is set; the dev stack's
 	// own short one otherwise (the contract's 24 h quiet period would

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/backflip-dev/backflip/audit"
 	"github.com/backflip-dev/backflip/commands"
 	"github.com/backflip-dev/backflip/drills"
 	"github.com/backflip-dev/backflip/fleet/runtime"
@@ -83,6 +84,13 @@ type Config struct {
 	// minute of start.
 	DrillVerifyWindow time.Duration
 	DrillQuietPeriod  time.Duration
+	// DatabaseURL is BACKFLIP_DATABASE_URL: the audit database to migrate
+	// and use. "" starts a Postgres of the stack's own from the local
+	// binaries, its data in <StateDir>/postgres.
+	DatabaseURL string
+	// Getenv finds the Postgres binaries (BACKFLIP_PG_BIN). Default
+	// os.LookupEnv.
+	Getenv func(string) (string, bool)
 	// Logger receives the stack's logs. Required.
 	Logger *zap.Logger
 	// Now is the clock of the fleet and the use cases. Default
@@ -121,6 +129,9 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Getenv == nil {
+		c.Getenv = os.LookupEnv
+	}
 }
 
 // Stack is a running dev stack.
@@ -140,6 +151,11 @@ type Stack struct {
 	// stopJobs ends the singleton jobs; jobs is waited for on Close.
 	stopJobs context.CancelFunc
 	jobs     sync.WaitGroup
+	// audit is the audit database and shipper the job that fills it from
+	// the etcd outbox (nil without a database).
+	audit   *auditDB
+	db      audit.DBTX
+	shipper *audit.Shipper
 	// closeLog closes etcd's log file.
 	closeLog func()
 }
@@ -159,6 +175,16 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			s.Close()
 		}
 	}()
+	// The state folder is searchable (not readable) by others, so that
+	// Postgres, which runs as the postgres OS user when we are root, can
+	// reach its folder in it; etcd's folder stays private. A folder left
+	// 0700 by an older version is opened the same way.
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if fi, err := os.Stat(cfg.StateDir); err == nil && fi.Mode().Perm() == 0o700 {
+		_ = os.Chmod(cfg.StateDir, 0o711)
+	}
 	dir := filepath.Join(cfg.StateDir, "etcd")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
@@ -180,6 +206,9 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		DialKeepAliveTime: 5 * time.Second, DialKeepAliveTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", s.etcd.Endpoint(), err)
+	}
+	if s.audit, err = startAudit(ctx, cfg); err != nil {
+		return nil, err
 	}
 	s.fleet, err = simfleet.Start(ctx, simfleet.Config{
 		Client:    s.client,
@@ -215,9 +244,8 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 // startService builds the commands.Service the chat calls, wired to the
 // dev stack as `backflip serve` wires it to production: warm checks against
 // the simulated agents, abort signals to the simulated runtimes, an owner
-// lease for op records, and access settings that let the person at the
-// terminal act. There is no audit database yet, so history shows the
-// events still queued in etcd, and says so.
+// lease for op records, the audit database, and access settings that let
+// the person at the terminal act.
 func (s *Stack) startService() error {
 	cfg := s.cfg
 	var err error
@@ -246,7 +274,15 @@ func (s *Stack) startService() error {
 	actor := commands.Actor{ID: "dev:" + cfg.User, Name: cfg.User}
 	s.origin = commands.Origin{Actor: actor, Channel: commands.Channel{ID: devChannel, Name: devChannel},
 		Transport: commands.TransportTerminal}
+	if s.audit.pool != nil {
+		s.db = s.audit.pool
+		if s.shipper, err = audit.NewShipper(audit.ShipperConfig{Etcd: s.client, Prefix: cfg.Prefix, DB: s.audit.pool,
+			Logger: cfg.Logger.Named("audit"), Now: cfg.Now}); err != nil {
+			return fmt.Errorf("audit shipper: %w", err)
+		}
+	}
 	s.svc, err = commands.New(commands.Config{
+		DB:      s.db,
 		Etcd:    s.client,
 		Prefix:  cfg.Prefix,
 		Warm:    s.checker,
@@ -290,7 +326,7 @@ func (s *Stack) Origin() commands.Origin { return s.origin }
 // moment ago.
 func (s *Stack) StartJobs(notify func(context.Context, commands.Notice), announce drills.Announcer) error {
 	ds, err := drills.New(drills.Config{
-		Etcd: s.client, Prefix: s.cfg.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.owner,
+		Etcd: s.client, Prefix: s.cfg.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.owner, DB: s.db,
 		Announcer: announce, AnnounceChannel: devChannel,
 		VerifyWindow: s.cfg.DrillVerifyWindow, QuietPeriod: s.cfg.DrillQuietPeriod,
 		Logger: s.cfg.Logger.Named("drills"), Now: s.cfg.Now,
@@ -308,14 +344,20 @@ func (s *Stack) StartJobs(notify func(context.Context, commands.Notice), announc
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("dev:%s:%d", host, os.Getpid())
 	log := s.cfg.Logger.Named("jobs")
-	s.jobs.Go(func() {
-		commands.RunElected(jctx, s.client, s.cfg.Prefix, id, ownerTTL, log, commands.Job{
-			Name: "op-recovery",
-			Run: func(ctx context.Context) {
-				s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) { notify(ctx, n) })
-			},
-		}, commands.Job{Name: "drill-scheduler", Run: sched.Run})
-	})
+	jobs := []commands.Job{{
+		Name: "op-recovery",
+		Run: func(ctx context.Context) {
+			s.svc.RunRecovery(ctx, recoveryInterval, func(n commands.Notice) { notify(ctx, n) })
+		},
+	}, {Name: "drill-scheduler", Run: sched.Run}}
+	if s.shipper != nil {
+		jobs = append(jobs, commands.Job{Name: "audit-shipper", Run: func(ctx context.Context) {
+			if err := s.shipper.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("audit shipper stopped", zap.Error(err))
+			}
+		}})
+	}
+	s.jobs.Go(func() { commands.RunElected(jctx, s.client, s.cfg.Prefix, id, ownerTTL, log, jobs...) })
 	return nil
 }
 
@@ -350,6 +392,7 @@ func (s *Stack) Close() {
 	if s.signalHTTP != nil {
 		s.signalHTTP.CloseIdleConnections()
 	}
+	s.audit.close()
 	if s.client != nil {
 		_ = s.client.Close()
 	}

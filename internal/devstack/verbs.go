@@ -55,12 +55,13 @@ func (s *Stack) Banner(endpoints string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `backflip dev is running.
   etcd (embedded)     %s   data in %s
+  audit (postgres)    %s
   routers             %d simulated routers on the reader library, registered under %s/routers/
   fleet               %d simulated GPU nodes: the real agent probing simulated vLLM, Triton, Ollama
                       and TGI servers; chat-70b v41 is warm, embed-small v6 is not loaded
   runtimes            %d workflow runtimes on the real SDK: %s
   you                 %s in channel #%s, allowed to roll back and promote
-`, s.Endpoint(), c.StateDir, c.Routers, c.Prefix, c.Nodes, c.Runtimes, traffic, s.origin.Actor.ID, devChannel)
+`, s.Endpoint(), c.StateDir, s.audit.where, c.Routers, c.Prefix, c.Nodes, c.Runtimes, traffic, s.origin.Actor.ID, devChannel)
 	if endpoints != "" {
 		b.WriteString(strings.TrimRight(endpoints, "\n") + "\n")
 	}
