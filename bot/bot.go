@@ -548,8 +548,14 @@ func newUpdater(b *Bot, channel, ts string, view ProgressView) *updater {
 func (u *updater) progress(p commands.Progress) {
 	u.mu.Lock()
 	u.view.Op = p.Op
-	if p.From != "" || p.To != "" {
-		u.view.From, u.view.To = p.From, p.To
+	// A phase names the versions once it knows them; one reported before
+	// resolve may name only the target, and must not blank a version the
+	// card already showed.
+	if p.From != "" {
+		u.view.From = p.From
+	}
+	if p.To != "" {
+		u.view.To = p.To
 	}
 	replaced := false
 	for i := range u.view.Phases {
