@@ -9,14 +9,14 @@ import (
 	"github.com/backflip-dev/backflip/drills"
 )
 
-// drillSubs are the drill subcommands, as /drill has them.
-var drillSubs = []string{"run", "schedule", "cancel", "skip", "list", "history"}
+// drillSubs lists the drill subcommands, as /drill has them.
+const drillSubs = "run, schedule, cancel, skip, list, history"
 
 // drillCheck validates `drill <sub> ...` and returns the command that runs
 // it through the same DrillService the bot uses.
 func (inv *invocation) drillCheck() (command, error) {
 	if len(inv.args) == 0 {
-		return nil, usagef("drill needs a subcommand: %s", strings.Join(drillSubs, ", "))
+		return nil, usagef("drill needs a subcommand: %s", drillSubs)
 	}
 	sub, rest := inv.args[0], inv.args[1:]
 	if inv.dryRun && sub != "run" {
@@ -68,7 +68,7 @@ func (inv *invocation) drillCheck() (command, error) {
 		}
 		cmd = commands.DrillHistoryCmd{Route: first(rest)}
 	default:
-		return nil, usagef("unknown drill subcommand %q (want %s)", clip(sub, 40), strings.Join(drillSubs, ", "))
+		return nil, usagef("unknown drill subcommand %q (want %s)", clip(sub, 40), drillSubs)
 	}
 	chart := inv.chart
 	return func(ctx context.Context, r *runner) (output, error) {
