@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/backflip-dev/backflip/audit"
@@ -112,6 +113,11 @@ type Config struct {
 	Late   time.Duration
 	Logger *zap.Logger
 	Now    func() time.Time
+	// Registerer, when set, gets
+	// backflip_drill_last_success_timestamp_seconds{route}, set when a
+	// drill completes on this replica and by Service.LoadMetrics from the
+	// audit database. Nil: no metrics.
+	Registerer prometheus.Registerer
 }
 
 func (c *Config) defaults() error {

@@ -70,6 +70,8 @@ type Runner struct {
 	ops    commands.Keys
 	outbox audit.Keys
 	log    *zap.Logger
+	// metrics is nil without Config.Registerer.
+	metrics *runnerMetrics
 
 	mu sync.Mutex
 	// running maps a route to the op of the drill this Runner is running
@@ -90,14 +92,22 @@ func NewRunner(cfg Config) (*Runner, error) {
 	}
 	store := routing.NewStore(cfg.Etcd, cfg.Prefix, cfg.Logger.Named("routing"))
 	store.Now = cfg.Now
-	return &Runner{
+	r := &Runner{
 		cfg:     cfg,
 		routes:  store,
 		ops:     commands.Keys{Prefix: cfg.Prefix},
 		outbox:  audit.Keys{Prefix: cfg.Prefix},
 		log:     cfg.Logger,
 		running: map[string]string{},
-	}, nil
+	}
+	if cfg.Registerer != nil {
+		m, err := newRunnerMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		r.metrics = m
+	}
+	return r, nil
 }
 
 // VerifyResult is what the drill checked after its flip to the previous
@@ -358,6 +368,9 @@ func (r *Runner) Run(ctx context.Context, origin commands.Origin, route string, 
 		out.Calibration = Calibrate(ctx, r.cfg.DB, route, out.Rollback.Total, r.cfg.SLO)
 	}
 	d.record(ctx)
+	if out.State == RunCompleted {
+		r.metrics.succeeded(route, r.cfg.Now())
+	}
 	return out, nil
 }
 

@@ -69,7 +69,9 @@ type server struct {
 	slack    *bot.Slack
 	checker  *warm.Checker
 	shipper  *audit.Shipper
+	drillSvc *drills.Service
 	drills   *drills.Scheduler
+	elector  *commands.Elector
 	registry *prometheus.Registry
 	handler  http.Handler
 	id       string
@@ -87,6 +89,11 @@ func newServer(ctx context.Context, cfg *config.Config, log *zap.Logger) (_ *ser
 	s.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if s.etcd, err = etcdclient.New(cfg.Etcd, log); err != nil {
+		return nil, err
+	}
+	// The etcd database size and quota, read from etcd at each scrape
+	// (bounded: /metrics never waits on etcd for more than 2 s).
+	if err := s.registry.Register(newEtcdCollector(s.etcd, etcdStatusTimeout)); err != nil {
 		return nil, err
 	}
 	pool, err := audit.Connect(ctx, cfg.Postgres.URL.Reveal())
@@ -132,16 +139,21 @@ func newServer(ctx context.Context, cfg *config.Config, log *zap.Logger) (_ *ser
 		Etcd: s.etcd, Prefix: cfg.Etcd.Prefix, Commands: s.svc, Warm: s.checker, Owner: s.session, DB: pool,
 		Announcer: s.bot, AnnounceChannel: cfg.Slack.AnnounceChannel,
 		VerifyWindow: cfg.Timing.DrillVerifyWindow, QuietPeriod: cfg.Timing.DrillQuietPeriod, SLO: cfg.Timing.RollbackSLO,
-		Logger: log.Named("drills"),
+		Logger: log.Named("drills"), Registerer: s.registry,
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.drillSvc = ds
 	s.svc.SetDrills(ds)
 	if s.drills, err = ds.Scheduler(15 * time.Second); err != nil {
 		return nil, err
 	}
 	if s.shipper, err = audit.NewShipper(audit.ShipperConfig{Etcd: s.etcd, Prefix: cfg.Etcd.Prefix, DB: pool, Logger: log.Named("audit"), Registerer: s.registry}); err != nil {
+		return nil, err
+	}
+	if s.elector, err = commands.NewElector(commands.ElectorConfig{Client: s.etcd, Prefix: cfg.Etcd.Prefix, ID: s.id, TTL: 10,
+		Logger: log.Named("election"), Registerer: s.registry}); err != nil {
 		return nil, err
 	}
 
@@ -211,7 +223,12 @@ func (s *server) run(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		commands.RunElected(jctx, s.etcd, s.cfg.Etcd.Prefix, s.id, 10, s.log.Named("election"), s.jobs()...)
+		s.elector.Run(jctx, s.jobs()...)
+	}()
+	drillMetricsDone := make(chan struct{})
+	go func() {
+		defer close(drillMetricsDone)
+		s.loadDrillMetrics(jctx)
 	}()
 	sockDone := make(chan struct{})
 	if s.cfg.Slack.Mode == "socket" {
@@ -235,6 +252,7 @@ func (s *server) run(ctx context.Context) error {
 	_ = s.bot.Close(sctx)
 	<-sockDone
 	<-done
+	<-drillMetricsDone
 	s.close()
 	return err
 }
@@ -253,6 +271,7 @@ func (s *server) jobs() []commands.Job {
 		{Name: "drill-scheduler", Run: s.drills.Run},
 		{Name: "warm-keep", Run: func(ctx context.Context) {
 			mon, err := warm.NewMonitor(warm.MonitorConfig{Checker: s.checker, KV: s.etcd, Prefix: s.cfg.Etcd.Prefix, Logger: s.log.Named("warm-keep"),
+				Registerer: s.registry,
 				Emit: func(ev warm.Event) {
 					go s.bot.WarmKeep(ctx, ev)
 					if err := s.svc.RecordWarmKeep(ctx, ev); err != nil {
@@ -265,6 +284,30 @@ func (s *server) jobs() []commands.Job {
 			}
 			mon.Run(ctx)
 		}},
+	}
+}
+
+// loadDrillMetrics sets each route's last drill success from the audit
+// database, so that a restarted replica (or one that was not leading when
+// the drill ran) reports it too. Postgres may be down at start-up (audit is
+// queued, not required): it retries, backing off to every 5 minutes, until
+// it has read them once or ctx ends.
+func (s *server) loadDrillMetrics(ctx context.Context) {
+	wait := 5 * time.Second
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.drillSvc.LoadMetrics(lctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("drill metrics not loaded from the audit database; retrying", zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Minute)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/backflip-dev/backflip/audit"
@@ -40,6 +41,20 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = pg.Close() })
 	db := pg.NewDatabase(t)
+	// A drill of chat-70b completed before this replica started: /metrics
+	// reports it from the audit database.
+	drilledAt := time.Now().Add(-72 * time.Hour).UTC().Truncate(time.Microsecond)
+	seed, err := pgx.ConnectConfig(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = audit.InsertEvents(ctx, seed, []audit.Event{{EventID: uuid.New(), OpID: uuid.New(), Kind: audit.KindDrillCompleted,
+		Route: "chat-70b", FromVersion: "v42", ToVersion: "v41", Actor: "system:drill-scheduler", Reason: "drill", Outcome: "completed",
+		SchemaVersion: audit.SchemaVersion, OccurredAt: drilledAt}})
+	seed.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	etcd := etcdtest.Start(t)
 	fleet, err := simfleet.Start(ctx, simfleet.Config{Client: etcd.Client(t), Prefix: "/backflip", Nodes: 3, Routes: simfleet.DemoRoutes(), Routers: 2, Runtimes: 1,
 		Traffic: simfleet.Traffic{RPS: 10, Steps: 2, StepDelay: 5 * time.Millisecond}})
@@ -97,6 +112,23 @@ func TestServeEndToEnd(t *testing.T) {
 		resp.Body.Close()
 	}
 
+	// The metrics the alerts rest on: this lone replica leads, the etcd
+	// database size and quota, the warm state of each rollback target
+	// (embed-small's previous version is not loaded), and the last drill
+	// success loaded from the audit database.
+	drilled := strconv.FormatFloat(float64(drilledAt.UnixNano())/1e9, 'g', -1, 64)
+	waitMetrics(t, base+"/metrics", &stderr,
+		"backflip_leader 1",
+		`backflip_etcd_status_up{client_url="`+etcd.Endpoint()+`"} 1`,
+		`backflip_etcd_db_size_bytes{client_url="`+etcd.Endpoint()+`",member=`,
+		`backflip_etcd_db_size_in_use_bytes{client_url="`+etcd.Endpoint()+`",member=`,
+		`backflip_etcd_quota_backend_bytes{client_url="`+etcd.Endpoint()+`",member=`,
+		`backflip_rollback_target_warm{route="chat-70b"} 1`,
+		`backflip_rollback_target_warm{route="embed-small"} 0`,
+		`backflip_rollback_target_warm_ratio{route="chat-70b"} 1`,
+		`backflip_drill_last_success_timestamp_seconds{route="chat-70b"} `+drilled,
+	)
+
 	form := url.Values{"command": {"/rollback"}, "text": {"chat-70b --now bad deploy"}, "user_id": {"U0ALICE"}, "user_name": {"alice"},
 		"channel_id": {"C0INC"}, "channel_name": {"inc-1-latency"}, "response_url": {slack.ResponseURL("serve")}, "trigger_id": {"1.2.3"}}
 	body := form.Encode()
@@ -137,6 +169,45 @@ func TestServeEndToEnd(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d model.rollback rows shipped, want 2; serve log:\n%s", n, stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitMetrics waits until every line of the /metrics page at u starts
+// with one of want.
+func waitMetrics(t *testing.T, u string, log *syncBuffer, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var missing []string
+	for {
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %v %s", u, err, resp.Status)
+		}
+		missing = missing[:0]
+		for _, w := range want {
+			found := false
+			for _, line := range strings.Split(string(body), "\n") {
+				if strings.HasPrefix(line, w) {
+					found = true
+					break
+				}
+			}
+			if !found {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s\nserve log:\n%s", missing, body, log.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

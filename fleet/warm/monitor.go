@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -156,6 +158,95 @@ type MonitorConfig struct {
 	// must hand the event off (queue the Slack post and the audit event)
 	// rather than block on Slack.
 	Emit func(Event)
+	// Registerer, when set, gets the rollback targets' warm state by route,
+	// as of each route's last check: backflip_rollback_target_warm (1 warm
+	// at the route's quorum, 0 not) and backflip_rollback_target_warm_ratio
+	// (warm GPUs of the target over the GPUs it has to carry, the baseline
+	// the quorum applies to). Routes without a rollback target have no
+	// series; a check that fails keeps the last value. The series are
+	// dropped when Run returns (a replica that no longer leads stops
+	// reporting). Monitors given the same Registerer share the series (the
+	// bot makes a new Monitor each time it becomes the leader). Nil: no
+	// metrics.
+	Registerer prometheus.Registerer
+}
+
+// monitorMetrics are a Monitor's gauges, by route.
+type monitorMetrics struct {
+	warm  *prometheus.GaugeVec
+	ratio *prometheus.GaugeVec
+}
+
+func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
+	m := &monitorMetrics{
+		warm: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backflip_rollback_target_warm",
+			Help: "1 when the route's rollback target (its previous version) is warm at the route's quorum, 0 when a rollback to it would be refused as cold; as of the warm-keep monitor's last check.",
+		}, []string{"route"}),
+		ratio: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "backflip_rollback_target_warm_ratio",
+			Help: "Warm GPUs of the route's rollback target over the GPUs it has to carry (those registered for the active version, or for the target when the active version has none); compare with the route's warm quorum.",
+		}, []string{"route"}),
+	}
+	warm, err := registerGaugeVec(reg, m.warm)
+	if err != nil {
+		return nil, err
+	}
+	ratio, err := registerGaugeVec(reg, m.ratio)
+	if err != nil {
+		if warm == m.warm {
+			reg.Unregister(warm) // all or nothing
+		}
+		return nil, err
+	}
+	m.warm, m.ratio = warm, ratio
+	return m, nil
+}
+
+// registerGaugeVec registers v, or returns the identical vector already
+// registered on reg.
+func registerGaugeVec(reg prometheus.Registerer, v *prometheus.GaugeVec) (*prometheus.GaugeVec, error) {
+	err := reg.Register(v)
+	if err == nil {
+		return v, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(*prometheus.GaugeVec); ok {
+			return existing, nil
+		}
+	}
+	return nil, fmt.Errorf("warm: register the monitor's metrics: %w", err)
+}
+
+// set records a route's check.
+func (mm *monitorMetrics) set(route string, rep *Report) {
+	warm := 0.0
+	if rep.Warm {
+		warm = 1
+	}
+	ratio := 0.0
+	if rep.BaselineGPUs > 0 {
+		ratio = float64(rep.WarmGPUs) / float64(rep.BaselineGPUs)
+	}
+	mm.warm.WithLabelValues(route).Set(warm)
+	mm.ratio.WithLabelValues(route).Set(ratio)
+}
+
+// prune drops the series of the routes in had that are not in keep.
+func (mm *monitorMetrics) prune(had, keep map[string]bool) {
+	for route := range had {
+		if !keep[route] {
+			mm.warm.DeleteLabelValues(route)
+			mm.ratio.DeleteLabelValues(route)
+		}
+	}
+}
+
+// reset drops every series.
+func (mm *monitorMetrics) reset() {
+	mm.warm.Reset()
+	mm.ratio.Reset()
 }
 
 // Monitor checks every route's rollback target on an interval and reports
@@ -168,6 +259,12 @@ type Monitor struct {
 	keys  Keys
 	log   *zap.Logger
 	now   func() time.Time
+
+	// metrics is nil without a Registerer; mu guards reported, the routes
+	// that may have series.
+	metrics  *monitorMetrics
+	mu       sync.Mutex
+	reported map[string]bool
 }
 
 // NewMonitor validates cfg and returns a Monitor.
@@ -193,6 +290,13 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 		m.now = time.Now
 	}
 	m.store = routing.NewStore(cfg.KV, cfg.Prefix, m.log)
+	if cfg.Registerer != nil {
+		mm, err := newMonitorMetrics(cfg.Registerer)
+		if err != nil {
+			return nil, err
+		}
+		m.metrics, m.reported = mm, map[string]bool{}
+	}
 	return m, nil
 }
 
@@ -202,6 +306,7 @@ func NewMonitor(cfg MonitorConfig) (*Monitor, error) {
 func (m *Monitor) Run(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
+	defer m.dropMetrics()
 	for {
 		select {
 		case <-ctx.Done():
@@ -271,6 +376,9 @@ func (m *Monitor) Tick(ctx context.Context) error {
 		live[e.Config.Route] = true
 		m.checkRoute(ctx, e, states[e.Config.Route])
 	}
+	// Series of routes without a rollback target, or gone, go; a
+	// malformed route keeps its last value, as it keeps its state.
+	m.pruneMetrics(live)
 	for route, st := range states {
 		if !live[route] {
 			m.forget(ctx, route, st.modRev)
@@ -296,6 +404,7 @@ func (m *Monitor) checkRoute(ctx context.Context, entry routing.Entry, prev stor
 		}
 		return
 	}
+	m.recordMetrics(route, &rep)
 	sameTarget := prev.state != nil && prev.state.Target == target
 	if sameTarget && prev.state.State == state {
 		return
@@ -320,6 +429,43 @@ func (m *Monitor) checkRoute(ctx context.Context, entry routing.Entry, prev stor
 	m.log.Info("warm-keep: rollback target state changed", zap.String("route", route),
 		zap.String("target", target), zap.String("state", string(ev.State)), zap.String("summary", rep.Summary()))
 	m.cfg.Emit(*ev)
+}
+
+// recordMetrics records a route's check in the gauges.
+func (m *Monitor) recordMetrics(route string, rep *Report) {
+	if m.metrics == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.metrics.set(route, rep)
+	m.reported[route] = true
+}
+
+// pruneMetrics drops the series of the routes not in live.
+func (m *Monitor) pruneMetrics(live map[string]bool) {
+	if m.metrics == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.metrics.prune(m.reported, live)
+	for route := range m.reported {
+		if !live[route] {
+			delete(m.reported, route)
+		}
+	}
+}
+
+// dropMetrics drops every series: this Monitor no longer runs.
+func (m *Monitor) dropMetrics() {
+	if m.metrics == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.metrics.reset()
+	clear(m.reported)
 }
 
 // write stores next at key if the key is still at seenRev (0: absent) and
