@@ -29,6 +29,14 @@ bench:
 	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
 	BACKFLIP_PG_BIN="$$pgbin" GO=$(GO) BENCH='$(BENCH)' BENCH_COUNT=$(BENCH_COUNT) bash scripts/bench.sh
 
+# make fuzz: every fuzz target, one at a time, FUZZTIME each (default 10s;
+# FUZZ=regexp narrows them). A failing input is saved by Go under the
+# package's testdata/fuzz/<Target>/ and becomes a seed plain go test runs.
+.PHONY: fuzz
+fuzz:
+	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
+	BACKFLIP_PG_BIN="$$pgbin" GO=$(GO) bash scripts/fuzz.sh
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...

@@ -9,9 +9,11 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -351,6 +353,18 @@ func (s *Shipper) shipBatch(ctx context.Context, pending map[string]entry) error
 	ictx, cancel := context.WithTimeout(ctx, insertTimeout)
 	inserted, err := InsertEvents(ictx, s.db, events)
 	cancel()
+	if refusedData(err) {
+		// Postgres refused a value of the batch, not the batch: found by
+		// FuzzDecodeEvent, Decode accepts events Postgres cannot store (a
+		// NUL in a text, invalid UTF-8, \u0000 or a lone surrogate in
+		// details, a number beyond numeric). Retried whole, the batch would
+		// fail forever and hold up every later event; insert its events one
+		// by one and quarantine those Postgres refuses.
+		events, from, inserted, err = s.insertEach(ctx, pending, events, from)
+		if err == nil && len(events) == 0 {
+			return nil
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -391,6 +405,42 @@ func (s *Shipper) shipBatch(ctx context.Context, pending map[string]entry) error
 	s.log.Debug("audit events shipped", zap.Int("events", len(events)), zap.Int("inserted", inserted),
 		zap.Int("deleted", deleted))
 	return nil
+}
+
+// refusedData reports whether err is Postgres refusing a value for its data
+// (SQLSTATE class 22, data exception), which no retry changes.
+func refusedData(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && strings.HasPrefix(pe.Code, "22")
+}
+
+// insertEach inserts events one at a time, quarantining those Postgres
+// refuses for their data, and returns the events it inserted with their
+// keys. Any other failure ends it; events already inserted are shipped
+// again later, which inserts nothing.
+func (s *Shipper) insertEach(ctx context.Context, pending map[string]entry, events []Event, from []shippedKey) ([]Event, []shippedKey, int, error) {
+	var keptEvents []Event
+	var keptFrom []shippedKey
+	inserted := 0
+	for i := range events {
+		ictx, cancel := context.WithTimeout(ctx, insertTimeout)
+		n, err := InsertEvents(ictx, s.db, events[i:i+1])
+		cancel()
+		switch {
+		case refusedData(err):
+			en := entry{value: pending[from[i].key].value, rev: from[i].rev}
+			if qerr := s.quarantine(ctx, pending, from[i].key, en, err); qerr != nil {
+				return nil, nil, 0, qerr
+			}
+		case err != nil:
+			return nil, nil, 0, err
+		default:
+			inserted += n
+			keptEvents = append(keptEvents, events[i])
+			keptFrom = append(keptFrom, from[i])
+		}
+	}
+	return keptEvents, keptFrom, inserted, nil
 }
 
 // decode checks an outbox key and its value.

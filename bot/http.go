@@ -189,6 +189,12 @@ func signatureHeaders(hdr http.Header, now time.Time) (ts string, sig []byte, er
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil || sec <= 0 {
+		// At most 20 bytes of the header are quoted (found by
+		// FuzzSlackSignature): the sender is not authenticated yet, and
+		// the whole header, up to the server's 1 MB limit, went to the log.
+		if len(ts) > 20 {
+			ts = ts[:20] + "…"
+		}
 		return "", nil, fmt.Errorf("timestamp %q is not unix seconds", ts)
 	}
 	if skew := now.Sub(time.Unix(sec, 0)).Abs(); skew > signatureWindow {
@@ -201,6 +207,13 @@ func signatureHeaders(hdr http.Header, now time.Time) (ts string, sig []byte, er
 	sig, err = hex.DecodeString(hexSig)
 	if err != nil || len(sig) != sha256.Size {
 		return "", nil, errors.New("signature is not 32 hex-encoded bytes")
+	}
+	// Only the lower-case hex Slack sends is accepted (found by
+	// FuzzSlackSignature): DecodeString also reads upper case, so changing
+	// the case of any digit of a valid header still verified, giving one
+	// request many accepted signature headers.
+	if hex.EncodeToString(sig) != hexSig {
+		return "", nil, errors.New("signature is not lower-case hex")
 	}
 	return ts, sig, nil
 }

@@ -1,6 +1,8 @@
 package commands
 
 import (
+	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -79,22 +81,64 @@ func TestOpRecordRefused(t *testing.T) {
 	}
 }
 
+// FuzzDecodeOpRecord: ops/<op> is read by recovery on every replica and
+// by a retried request. A value DecodeOpRecord accepts passes Validate,
+// names an owner lease, and encodes to a value that decodes to the same
+// record; a refused one is a *routing.MalformedError naming the key.
 func FuzzDecodeOpRecord(f *testing.F) {
 	rec := validRecord()
 	val, _ := rec.encode()
 	f.Add([]byte(val))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"kind":"promote","route":"a","phase":"done","outcome":"completed","owner":"ff","to":"v1"}`))
+	// As the bot writes them at each phase, and hostile variants.
+	for _, s := range []string{
+		`{"kind":"rollback","route":"chat-70b","from":"v42","to":"v41","phase":"started","timings":null,"actor":"U2147483697","reason":"latency spike after v42","channel":"C2147483705","ts":"1732550400.000100","idem":"trigger:13345224609.738474920","owner":"694d9a1b2c3d4e5f","outcome":"","actor_name":"steve","expect_rev":5120,"started":"2026-11-25T12:00:00.123456789Z"}`,
+		`{"kind":"rollback","route":"chat-70b","from":"v42","to":"v41","phase":"flipped","timings":{"resolve":0.8,"warm":180.2},"actor":"U1","reason":"x","channel":"C1","ts":"","idem":"","owner":"694d9a1b2c3d4e5f","outcome":"","expect_rev":5120,"epoch":9,"started":"2026-11-25T12:00:00Z"}`,
+		`{"kind":"drill_return","route":"chat-70b","from":"v41","to":"v42","phase":"done","timings":{"total":1420.5},"actor":"drill-scheduler","reason":"scheduled drill","channel":"","ts":"","idem":"","owner":"1","outcome":"completed","rev":5121,"epoch":10,"forced_cold":true,"started":"2026-11-25T12:00:00Z","report":"chat-70b rolled back v42 → v41 in 1.42 s","detail":""}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"-1"}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"7fffffffffffffff"}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"8000000000000000"}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"1","timings":{"warm":1e309}}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"1","started":"0000-01-01T00:00:00Z"}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"1","idem":"../../x"}`,
+		`{"kind":"rollback","route":"chat-70b","phase":"started","owner":"1","Kind":"promote"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	const key = "/p/ops/x"
 	f.Fuzz(func(t *testing.T, value []byte) {
-		rec, err := DecodeOpRecord("/p/ops/x", value)
+		rec, err := DecodeOpRecord(key, value)
 		if err != nil {
+			var me *routing.MalformedError
+			if !errors.As(err, &me) || me.Key != key {
+				t.Fatalf("refusal %#v is not a *routing.MalformedError naming %s", err, key)
+			}
 			return
 		}
 		if err := rec.Validate(); err != nil {
 			t.Fatalf("decoded an invalid record: %v", err)
 		}
-		if _, err := rec.encode(); err != nil {
+		if _, err := rec.OwnerLease(); err != nil {
+			t.Fatalf("decoded a record without an owner lease: %v", err)
+		}
+		enc, err := rec.encode()
+		if err != nil {
 			t.Fatalf("a decoded record does not encode: %v", err)
+		}
+		again, err := DecodeOpRecord(key, []byte(enc))
+		if err != nil {
+			t.Fatalf("re-encoded record %s refused: %v", enc, err)
+		}
+		if !again.Started.Equal(rec.Started) {
+			t.Fatalf("round trip moved started from %v to %v", rec.Started, again.Started)
+		}
+		again.Started = rec.Started
+		if len(again.Timings) == 0 && len(rec.Timings) == 0 {
+			again.Timings = rec.Timings
+		}
+		if !reflect.DeepEqual(again, rec) {
+			t.Fatalf("round trip changed the record:\n%+v\n%+v", rec, again)
 		}
 	})
 }

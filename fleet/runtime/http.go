@@ -290,7 +290,8 @@ func (h *AcksHandler) setReissued(ctx context.Context, rep AckReport) (int, erro
 		}
 		kv := resp.Kvs[0]
 		var rec AckRecord
-		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		// Strict and validated, as WaitAcks reads it (FuzzAckTotals).
+		if err := Decode(kv.Value, &rec); err != nil {
 			return http.StatusConflict, fmt.Errorf("stored ack unusable: %w", err)
 		}
 		if rep.Reissued > rec.Aborted {

@@ -74,7 +74,13 @@ func Verify(secret []byte, now time.Time, tsHeader, sigHeader string, body []byt
 		return ErrUnsigned
 	}
 	ts, err := strconv.ParseInt(tsHeader, 10, 64)
-	if err != nil || len(tsHeader) > 12 {
+	// Only the plain decimal form is accepted (found by FuzzRuntimeSignature):
+	// the signature below is computed over FormatInt(ts), so without this
+	// "+1764072000" or "01764072000" verified with the signature of
+	// "1764072000" although the contract signs the header as sent, and, the
+	// ReplayCache keying on the header text, a captured request could be
+	// replayed inside the window under such a rewritten timestamp.
+	if err != nil || len(tsHeader) > 12 || strconv.FormatInt(ts, 10) != tsHeader {
 		return fmt.Errorf("%w: timestamp %q is not unix seconds", ErrStale, truncate(tsHeader, 20))
 	}
 	skew := now.Sub(time.Unix(ts, 0))
@@ -217,6 +223,20 @@ type AckRecord struct {
 	Reissued   *int      `json:"reissued"`
 	AppliedRev int64     `json:"applied_rev"`
 	At         time.Time `json:"at"`
+}
+
+// Validate refuses counts no acknowledgement can have. Added because
+// FuzzAckTotals found WaitAcks adding up whatever a runtime (which may
+// write runtime/acks/) stored there, so the rollback's report could say
+// "in-flight 0, 1 aborted" or show negative requests.
+func (a *AckRecord) Validate() error {
+	if a.InFlight < 0 || a.Aborted < 0 || a.Aborted > a.InFlight {
+		return fmt.Errorf("%w: inflight %d, aborted %d", ErrInvalid, a.InFlight, a.Aborted)
+	}
+	if a.Reissued != nil && (*a.Reissued < 0 || *a.Reissued > a.Aborted) {
+		return fmt.Errorf("%w: reissued %d, aborted %d", ErrInvalid, *a.Reissued, a.Aborted)
+	}
+	return nil
 }
 
 // ValidateInstance checks an instance id: 1 to 128 bytes of letters,

@@ -136,15 +136,32 @@ func TestValidateInstance(t *testing.T) {
 	}
 }
 
+// FuzzDecodeAbortSignal decodes the body a runtime instance receives at
+// /backflip/v1/abort: an accepted signal passes Validate, names an op,
+// route and two different versions of the contract's shapes at a positive
+// epoch, and encodes to a body that decodes to the same signal.
 func FuzzDecodeAbortSignal(f *testing.F) {
 	f.Add([]byte(vectorBody))
 	f.Add([]byte(`{}`))
+	for _, s := range []string{
+		`{"op":"0b3e8a52-6c1e-4d47-a1a4-9b7f2c0d9e11","route":"chat-70b","epoch":9223372036854775807,"active_after":"v41+build.7","from":"v42@sha256:abc"}`,
+		`{"op":"op-1","route":"chat-70b","epoch":7,"active_after":"v41","from":"v41"}`,
+		`{"op":"op-1","route":"status","epoch":7,"active_after":"v41","from":"v42"}`,
+		`{"op":"op-1","route":"chat-70b","epoch":7,"active_after":"previous","from":"v42"}`,
+		`{"op":"op-1","route":"chat-70b","epoch":7e0,"active_after":"v41","from":"v42"}`,
+		`{"op":"op-1","route":"chat-70b","epoch":7,"active_after":"v41","from":"v42","Op":"op-2"}`,
+		`{"op":"op-1","route":"chat-70b","epoch":7,"active_after":"v41","from":"v42"}` + "\n",
+	} {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var s AbortSignal
-		if err := Decode(data, &s); err == nil {
-			if s.Validate() != nil {
-				t.Fatalf("Decode accepted an invalid signal: %q", data)
+		roundTrip(t, data, func() *AbortSignal { return new(AbortSignal) }, func(s *AbortSignal) {
+			for _, name := range []string{s.Op, s.Route, s.ActiveAfter, s.From} {
+				checkKeyPart(t, name)
 			}
-		}
+			if s.Epoch < 1 || s.From == s.ActiveAfter {
+				t.Fatalf("accepted signal %+v", s)
+			}
+		})
 	})
 }

@@ -452,7 +452,9 @@ func (s *Signaller) WaitAcks(ctx context.Context, sig Signal) (res Result, err e
 	applyAck := func(key string, val []byte) {
 		id := strings.TrimPrefix(key, s.keys.Acks(sig.Op))
 		var rec AckRecord
-		if err := json.Unmarshal(val, &rec); err != nil {
+		// Decoded strictly and validated like every other value a runtime
+		// writes (FuzzAckTotals): a malformed ack is not counted.
+		if err := Decode(val, &rec); err != nil {
 			s.log.Warn("malformed runtime ack", zap.String("key", key), zap.Error(err))
 			return
 		}

@@ -555,8 +555,10 @@ func (c *Checker) get(ctx context.Context, n targetNode, route, target string, f
 	if resp.StatusCode != http.StatusOK {
 		se := &statusError{code: resp.StatusCode}
 		if resp.StatusCode >= 500 {
-			b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-			se.snippet = clean(string(b))
+			// Read past the 200 bytes quoted so that a token starting
+			// before the cut is whole when it is redacted.
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, int64(200+len(c.cfg.AgentToken))))
+			se.snippet = clean(clip(c.redact(string(b)), 200))
 		}
 		return fleetapi.WarmReply{}, se
 	}
@@ -564,7 +566,20 @@ func (c *Checker) get(ctx context.Context, n targetNode, route, target string, f
 	if err != nil {
 		return fleetapi.WarmReply{}, &replyError{err: err}
 	}
+	reply.Error = c.redact(reply.Error)
 	return reply, nil
+}
+
+// redact replaces the agent token in text an agent sent. Found by
+// FuzzAgentWarmReply: an agent or a proxy whose error page echoes the
+// request (debug pages do) put "Bearer <AGENT_TOKEN>" into the node's
+// reason, which is posted in Slack and logged. It runs before any clipping,
+// so a token is never cut into a prefix that escapes it.
+func (c *Checker) redact(s string) string {
+	if c.cfg.AgentToken == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, c.cfg.AgentToken, "[agent token]")
 }
 
 // failReason turns a failed request into a reason for a person.
@@ -578,13 +593,13 @@ func (c *Checker) failReason(ctx context.Context, err error, took time.Duration)
 	var se *statusError
 	var re *replyError
 	if errors.As(err, &se) || errors.As(err, &re) {
-		return clean(err.Error())
+		return clean(c.redact(err.Error()))
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return clean("cannot reach the agent: " + err.Error())
+	return clean(c.redact("cannot reach the agent: " + err.Error()))
 }
 
 // roundAge rounds a duration for a person: 2s, 850ms, 42s.
