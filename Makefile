@@ -29,6 +29,19 @@ bench:
 	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
 	BACKFLIP_PG_BIN="$$pgbin" GO=$(GO) BENCH='$(BENCH)' BENCH_COUNT=$(BENCH_COUNT) bash scripts/bench.sh
 
+# make faults: the fault suite in its full form (the issue's figures: 1000
+# operations with Postgres down, 100 concurrent, a replica killed at the
+# start and end of every phase, ...), 2 to 5 minutes on two cores; make
+# test runs its bounded form. See internal/faults/doc.go.
+.PHONY: faults
+faults:
+	@if [[ "$$($(GO) env CGO_ENABLED)" != 1 ]]; then \
+		echo "make faults: the race detector needs cgo, and cgo a C compiler: install gcc and libc6-dev, or set CC" >&2; exit 1; \
+	fi
+	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
+	set -x; \
+	BACKFLIP_PG_BIN="$$pgbin" BACKFLIP_FAULTS=full $(GO) test -race -count=1 -timeout 30m -v -run . ./internal/faults
+
 # make fuzz: every fuzz target, one at a time, FUZZTIME each (default 10s;
 # FUZZ=regexp narrows them). A failing input is saved by Go under the
 # package's testdata/fuzz/<Target>/ and becomes a seed plain go test runs.

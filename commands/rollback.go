@@ -432,6 +432,25 @@ func (o *op) flip(ctx context.Context) (res *Result, done bool, err error) {
 		o.record.Rev = r.Revision
 		return nil, false, nil
 	case errors.As(err, &conflict):
+		// Fix (found by the fault suite, internal/faults
+		// TestFlipReplyLost): a conflict may come from the re-read after a
+		// failed transaction, and then it can hide this op's own flip —
+		// committed, its reply lost, the route moved on by another op
+		// before the re-read. The route alone cannot tell that from a lost
+		// race; the op record can: only the flip transaction moves it past
+		// o.opRev on this replica's behalf. Telling the operator "nothing
+		// was changed" there would be wrong.
+		switch landed, rev, lerr := o.ownFlipLanded(ctx); {
+		case landed:
+			s.log.Warn("flip landed despite a conflict on re-read; the route has moved on since", zap.String("op", o.id),
+				zap.String("route", o.res.Route), zap.Int64("revision", rev), zap.NamedError("conflict", err))
+			o.res.Revision, o.opRev, o.record.Rev = rev, rev, rev
+			return nil, false, nil
+		case lerr != nil:
+			o.endPhase(PhaseFlip, StateFailed, "outcome unknown")
+			return o.res, true, wrapf(lerr, EUNAVAILABLE, "etcd did not confirm the flip of %s, and %s has changed since (%s): the flip may or may not have happened before that. Check with `/rollback status %s` before trying again (op %s).",
+				o.res.Route, o.res.Route, s.describeWinner(ctx, conflict), o.res.Route, o.id)
+		}
 		o.endPhase(PhaseFlip, StateFailed, "another change won")
 		if k := o.origin.IdemKey; k != "" {
 			// The same request on another replica may be what won.
@@ -460,6 +479,33 @@ func (o *op) flip(ctx context.Context) (res *Result, done bool, err error) {
 		res, err := o.fail(ctx, wrapf(err, EUNAVAILABLE, "the flip of %s did not happen (%v); nothing changed", o.res.Route, err))
 		return res, true, err
 	}
+}
+
+// ownFlipLanded reports whether this op's flip transaction committed, from
+// the op record it writes: moved past o.opRev, in phase flipped, by this
+// replica, for this op's epoch. rev is then the flip's revision. An op
+// record another replica took over (recovery presumed this one dead) is
+// reported as an error: whether the flip landed first is that replica's
+// to report.
+func (o *op) ownFlipLanded(ctx context.Context) (landed bool, rev int64, err error) {
+	key := o.s.keys.Op(o.id)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	resp, err := o.s.etcd.Get(rctx, key)
+	if err != nil {
+		return false, 0, err
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision == o.opRev {
+		return false, 0, nil
+	}
+	rec, err := DecodeOpRecord(key, resp.Kvs[0].Value)
+	if err != nil {
+		return false, 0, err
+	}
+	if rec.Owner != o.record.Owner {
+		return false, 0, fmt.Errorf("op %s was taken over by another replica", o.id)
+	}
+	return rec.Phase == OpPhaseFlipped && rec.Epoch == o.res.Epoch, resp.Kvs[0].ModRevision, nil
 }
 
 // afterFlip runs the phases after a flip: routers, in-flight, audit. From

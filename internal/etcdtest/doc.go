@@ -1,7 +1,9 @@
 // Package etcdtest starts real etcd servers for tests: a single member, a
-// multi-member cluster whose members can be crashed and restarted, and a
+// multi-member cluster whose members can be crashed and restarted, a
 // fault-injecting TCP proxy (go.etcd.io/etcd/pkg/v3/proxy) that blackholes or
-// delays the traffic between clients and one member.
+// delays the traffic between clients and one member, and a Link between
+// clients and one member that partitions it the way a network does (nothing
+// lost: what was sent arrives after the heal) and cuts its connections.
 //
 // It is imported only from _test.go files. Every helper takes a testing.TB,
 // fails the test with tb.Fatalf when setup goes wrong (it never skips: a test

@@ -253,3 +253,58 @@ func eventually(tb testing.TB, timeout time.Duration, f func(context.Context) er
 	}
 	tb.Fatalf("not done within %v: last error: %v (%d attempts)", timeout, errors.Join(errs[len(errs)-1:]...), len(errs))
 }
+
+func TestLink(t *testing.T) {
+	s := etcdtest.Start(t)
+	direct := s.Client(t)
+	l := etcdtest.NewLink(t, s.Endpoint())
+	c := l.Client(t)
+	mustPut(t, c, "k", "v")
+
+	t.Run("PartitionLosesNothing", func(t *testing.T) {
+		l.Partition()
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, err := c.Get(ctx, "k")
+		cancel()
+		if err == nil {
+			t.Fatal("Get through a partitioned link succeeded")
+		}
+		// A write sent during the partition waits in the link, and nothing
+		// of it reaches etcd until the link heals.
+		put := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			_, err := c.Put(ctx, "held", "late")
+			put <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := direct.Get(ctx, "held")
+		cancel()
+		if err != nil || len(resp.Kvs) != 0 {
+			t.Fatalf("Get(held) during the partition = %v, %v; want nothing", resp, err)
+		}
+		l.Heal()
+		if err := <-put; err != nil {
+			t.Fatalf("Put held by the partition, after the heal: %v", err)
+		}
+		if got := mustGet(t, direct, "held"); got != "late" {
+			t.Fatalf("Get(held) = %q, want the write held by the partition", got)
+		}
+	})
+
+	t.Run("CutReconnects", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		wch := mustWatch(t, ctx, c, "after-cut")
+		l.Cut()
+		// The client redials; its watch resumes on the new connection.
+		eventually(t, 15*time.Second, func(ctx context.Context) error {
+			_, err := c.Get(ctx, "k")
+			return err
+		})
+		mustPut(t, direct, "after-cut", "1")
+		waitEvent(t, wch, "after-cut", "1")
+	})
+}

@@ -17,6 +17,10 @@
 // synthetic requests' outcomes, including the one that must never happen: a
 // request that finished on a version its runtime had already seen the route
 // rolled back away from.
+// Config.Observe lets a test watch what the routers and runtimes apply and,
+// per request attempt, what Done answered and what its runtime had applied
+// by then (internal/faults checks its invariants with it); it only
+// observes.
 //
 // What it must not do: it is for tests and `backflip dev` only, and must not
 // be imported by any production code path other than `backflip dev` (the bot,

@@ -19,10 +19,10 @@ import (
 )
 
 const (
-	// probeInterval is the agents' probe interval: short, so that a
+	// probeInterval is Config.ProbeInterval's default: short, so that a
 	// behaviour switched at the terminal shows within about a second.
 	probeInterval = time.Second
-	// canaryBudget is each simulated version's canary budget.
+	// canaryBudget is Config.CanaryBudget's default.
 	canaryBudget = 800 * time.Millisecond
 	// AllNodes names every node in SetBehavior.
 	AllNodes = "all"
@@ -35,6 +35,9 @@ type node struct {
 	agent   *agent.Agent
 	http    *agent.HTTPServer
 	servers map[string]*simServer // by route@version
+	// probes is the agent's HTTP client, its own as an agent process has
+	// (one shared by a thousand agents would churn its idle connections).
+	probes *http.Client
 }
 
 // simServer is one simulated inference server and the HTTP server it
@@ -50,7 +53,7 @@ func versionKey(route, version string) string { return route + "@" + version }
 // probing them, its HTTP API and its registration. Everything it starts
 // stops when f.ctx ends and the node is closed.
 func (f *Fleet) startNode(name string) error {
-	n := &node{name: name, servers: map[string]*simServer{}}
+	n := &node{name: name, servers: map[string]*simServer{}, probes: agent.NewHTTPClient()}
 	// Appended first, so that Close stops whatever a failed start began.
 	f.nodes = append(f.nodes, n)
 	cfgs := make([]agent.ServerConfig, 0, len(f.versions))
@@ -69,13 +72,13 @@ func (f *Fleet) startNode(name string) error {
 		n.servers[versionKey(v.route, v.version)] = &simServer{sim: sv, srv: srv}
 		cfgs = append(cfgs, agent.ServerConfig{Kind: v.server.Kind, URL: "http://" + ln.Addr().String(),
 			Route: v.route, Version: v.version, Model: v.server.Model, ModelVersion: v.server.ModelVersion,
-			GPUs: v.gpus, CanaryPrompt: "Reply with the single word OK.", Budget: agent.Duration(canaryBudget)})
+			GPUs: v.gpus, CanaryPrompt: "Reply with the single word OK.", Budget: agent.Duration(f.cfg.CanaryBudget)})
 	}
 	// A simulated node's "not warm" warnings are what a refused rollback
 	// shows on purpose; in the log they would only be noise.
 	log := f.cfg.Logger.Named(name).WithOptions(zap.IncreaseLevel(zap.ErrorLevel))
-	a, err := agent.New(agent.Config{Node: name, Servers: cfgs, Interval: probeInterval,
-		HTTPClient: f.probes, Logger: log, Now: f.cfg.Now})
+	a, err := agent.New(agent.Config{Node: name, Servers: cfgs, Interval: f.cfg.ProbeInterval,
+		HTTPClient: n.probes, Logger: log, Now: f.cfg.Now})
 	if err != nil {
 		return err
 	}

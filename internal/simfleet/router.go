@@ -68,6 +68,9 @@ func (f *Fleet) startRouter(id string) error {
 
 // applied records that r applied v and wakes WaitConverged.
 func (f *Fleet) applied(r *router, v routing.View) {
+	if o := f.cfg.Observe; o != nil && o.RouterApplied != nil {
+		o.RouterApplied(r.id, v)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r.applied[v.Route] = appliedAt{epoch: v.Epoch, at: f.cfg.Now()}

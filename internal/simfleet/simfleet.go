@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,15 +14,15 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/backflip-dev/backflip/fleet/agent"
 	"github.com/backflip-dev/backflip/fleet/fleetapi"
 	"github.com/backflip-dev/backflip/fleet/routing"
 	"github.com/backflip-dev/backflip/internal/sim"
 )
 
 const (
-	// startTimeout bounds Start even when its context has no deadline: a
-	// fleet that is not up by then (etcd unreachable, say) never will be.
+	// startTimeout is Config.StartTimeout's default: it bounds Start even
+	// when its context has no deadline, since a fleet that is not up by then
+	// (etcd unreachable, say) never will be.
 	startTimeout = 30 * time.Second
 	// pollInterval is how often Start looks at what it waits for.
 	pollInterval = 5 * time.Millisecond
@@ -79,6 +78,60 @@ type Config struct {
 	// Now is the clock of agents, readers, runtimes and the seeding store.
 	// Default time.Now.
 	Now func() time.Time
+	// Observe, if set, is told what the routers and runtimes do, for
+	// tests that check invariants over a whole run (internal/faults). It
+	// only watches: the fleet behaves the same with or without it.
+	Observe *Observer
+	// ProbeInterval is the agents' probe interval. Default 1s, so that a
+	// behaviour switched at the terminal shows within about a second;
+	// benchmarks at fleet scale use the agent's own default (5s).
+	ProbeInterval time.Duration
+	// RuntimeRefresh is how often a runtime rewrites its registration while
+	// its in-flight counts change. Default 1s; the contract allows up to
+	// 10 s (the SDK's default), which benchmarks of etcd's steady state use.
+	RuntimeRefresh time.Duration
+	// StartTimeout bounds Start (default 30s); a fleet of a thousand nodes
+	// and routers on a small machine needs longer.
+	StartTimeout time.Duration
+	// CanaryBudget is every simulated server's canary budget (default
+	// 800ms). The simulated servers answer at once, so only a starved
+	// machine exceeds it; benchmarks that load two cores with a thousand
+	// nodes raise it so that the agents' verdicts stay about the servers.
+	CanaryBudget time.Duration
+}
+
+// Observer receives what the simulated routers and runtimes do. Every
+// field is optional. The functions are called on the fleet's goroutines
+// (a router's or runtime's reader, a request's), possibly concurrently,
+// and must return quickly without calling back into the fleet.
+type Observer struct {
+	// RouterApplied is called after a router applied a route's state,
+	// in the order that router applied them.
+	RouterApplied func(router string, v routing.View)
+	// RuntimeApplied is called after a runtime instance applied a route's
+	// state (and marked the requests it aborts), in the order that
+	// instance applied them.
+	RuntimeApplied func(runtime string, v routing.View)
+	// Finished is called when a request attempt reached its final
+	// checkpoint (Done), whatever Done answered.
+	Finished func(Finish)
+}
+
+// Finish is one request attempt at its final checkpoint.
+type Finish struct {
+	Runtime, Route string
+	// Version and Epoch are what the attempt was pinned to when it began.
+	Version string
+	Epoch   int64
+	// Attempt counts from 1; a re-issue after an abort is the next one.
+	Attempt int
+	// Applied is the highest epoch of the route the runtime instance had
+	// applied (RuntimeApplied had been called for) just before Done was
+	// called: every abort that change implies was decided by then.
+	Applied int64
+	// Err is what Done answered: nil means the attempt's output was
+	// returned, on Version.
+	Err error
 }
 
 // RouteSpec is one route as the fleet serves it. The active version is
@@ -199,6 +252,22 @@ func (c *Config) check() error {
 	if c.RouterLeaseTTL == 0 {
 		c.RouterLeaseTTL = defaultRouterLeaseTTL
 	}
+	if c.ProbeInterval < 0 || c.RuntimeRefresh < 0 || c.StartTimeout < 0 || c.CanaryBudget < 0 {
+		return fmt.Errorf("simfleet: ProbeInterval, RuntimeRefresh, StartTimeout and CanaryBudget must not be negative, got %v, %v, %v and %v",
+			c.ProbeInterval, c.RuntimeRefresh, c.StartTimeout, c.CanaryBudget)
+	}
+	if c.CanaryBudget == 0 {
+		c.CanaryBudget = canaryBudget
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = probeInterval
+	}
+	if c.RuntimeRefresh == 0 {
+		c.RuntimeRefresh = runtimeRefresh
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = startTimeout
+	}
 	if err := c.Traffic.check(); err != nil {
 		return err
 	}
@@ -278,10 +347,6 @@ type Fleet struct {
 	// ctx lives until Close; everything the fleet starts runs under it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// probes is the agents' HTTP client, shared so Close can drop its idle
-	// connections to the simulated servers.
-	probes *http.Client
-
 	nodes  []*node
 	nodeWG sync.WaitGroup
 
@@ -320,7 +385,6 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 		cfg:         cfg,
 		versions:    versions(cfg.Routes),
 		store:       routing.NewStore(cfg.Client, cfg.Prefix, cfg.Logger.Named("routing")),
-		probes:      agent.NewHTTPClient(),
 		convC:       make(chan struct{}),
 		trafficStop: make(chan struct{}),
 	}
@@ -331,7 +395,7 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 			f.Close()
 		}
 	}()
-	sctx, cancel := context.WithTimeout(ctx, startTimeout)
+	sctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 
 	epochs, err := f.seed(sctx)
@@ -431,7 +495,9 @@ func (f *Fleet) Close() {
 			n.close()
 		}
 		f.nodeWG.Wait()
-		f.probes.CloseIdleConnections()
+		for _, n := range f.nodes {
+			n.probes.CloseIdleConnections()
+		}
 	})
 }
 

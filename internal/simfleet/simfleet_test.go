@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +80,7 @@ func TestFleet(t *testing.T) {
 	cli := srv.Client(t)
 	ctx := testCtx(t)
 	store := routing.NewStore(cli, prefix, zap.NewNop())
+	obs := &observed{routers: map[string][]routing.View{}, runtimes: map[string][]routing.View{}}
 
 	start := time.Now()
 	f, err := simfleet.Start(ctx, simfleet.Config{
@@ -93,6 +95,7 @@ func TestFleet(t *testing.T) {
 		// About 20 requests of about 200 ms in flight per runtime.
 		Traffic: simfleet.Traffic{RPS: 100, Steps: 20, StepDelay: 10 * time.Millisecond},
 		Logger:  zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Observe: obs.hooks(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +278,7 @@ func TestFleet(t *testing.T) {
 		if st.CompletedOnRolledBack != 0 || st.Failed != 0 || st.Completed == 0 || st.Completed != st.Started {
 			t.Errorf("stats %+v: want every request completed, none on the rolled-back version", st)
 		}
+		obs.check(t, "chat-70b", res.Config.Epoch, "v42", st)
 		for _, route := range []string{"chat-70b", "embed-small"} {
 			if n := f.InFlight(route); len(n) != 0 {
 				t.Errorf("%s still in flight after StopTraffic: %v", route, n)
@@ -434,4 +438,71 @@ func BenchmarkStart(b *testing.B) {
 	}
 	b.ReportMetric(float64(starting.Milliseconds())/float64(b.N), "start-ms/op")
 	b.ReportMetric(float64(closing.Milliseconds())/float64(b.N), "close-ms/op")
+}
+
+// observed is what a fleet's Observer reported.
+type observed struct {
+	mu       sync.Mutex
+	routers  map[string][]routing.View
+	runtimes map[string][]routing.View
+	finishes []simfleet.Finish
+}
+
+func (o *observed) hooks() *simfleet.Observer {
+	return &simfleet.Observer{
+		RouterApplied: func(id string, v routing.View) {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.routers[id] = append(o.routers[id], v)
+		},
+		RuntimeApplied: func(id string, v routing.View) {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.runtimes[id] = append(o.runtimes[id], v)
+		},
+		Finished: func(f simfleet.Finish) {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			o.finishes = append(o.finishes, f)
+		},
+	}
+}
+
+// check checks what the observer saw of a rollback of route to epoch away
+// from version against the traffic's final stats: every router and runtime
+// applied it, one passing Done per completed request, and none on version
+// after its runtime applied the rollback.
+func (o *observed) check(t *testing.T, route string, epoch int64, from string, st simfleet.Stats) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for what, by := range map[string]map[string][]routing.View{"router": o.routers, "runtime": o.runtimes} {
+		if len(by) == 0 {
+			t.Errorf("no %s applied anything", what)
+		}
+		for id, vs := range by {
+			if !slices.ContainsFunc(vs, func(v routing.View) bool {
+				return v.Route == route && v.Epoch == epoch && v.From == from && v.Kind == routing.KindRollback
+			}) {
+				t.Errorf("%s %s never applied %s epoch %d: %+v", what, id, route, epoch, vs)
+			}
+		}
+	}
+	passed, refused := 0, 0
+	for _, f := range o.finishes {
+		if f.Attempt < 1 {
+			t.Errorf("finish %+v", f)
+		}
+		if f.Err != nil {
+			refused++
+			continue
+		}
+		passed++
+		if f.Route == route && f.Version == from && f.Epoch < epoch && f.Applied >= epoch {
+			t.Errorf("passed Done on %s@%s after its runtime applied the rollback: %+v", route, from, f)
+		}
+	}
+	if int64(passed) != st.Completed || int64(refused) > st.Aborted {
+		t.Errorf("%d attempts passed Done and %d were refused there; stats %+v", passed, refused, st)
+	}
 }

@@ -26,8 +26,9 @@ const (
 	// Defaults of Traffic.
 	defaultSteps     = 5
 	defaultStepDelay = 10 * time.Millisecond
-	// runtimeRefresh is how often a runtime rewrites its registration when
-	// its in-flight counts changed (the contract allows up to 10 s).
+	// runtimeRefresh is Config.RuntimeRefresh's default: how often a
+	// runtime rewrites its registration when its in-flight counts changed
+	// (the contract allows up to 10 s).
 	runtimeRefresh = time.Second
 )
 
@@ -102,6 +103,7 @@ func (f *Fleet) Stats() Stats {
 // runtimeInst is one workflow runtime: a real SDK instance and what the
 // fleet keeps about its requests.
 type runtimeInst struct {
+	id      string
 	inst    *runtime.Instance
 	running atomic.Int64
 
@@ -111,18 +113,23 @@ type runtimeInst struct {
 	// rolledAway is, by route and version, the epoch of the latest change
 	// the instance applied that rolled the route away from that version.
 	rolledAway map[string]map[string]int64
+	// applied is, by route, the highest epoch the instance applied.
+	applied map[string]int64
+	// observe is Config.Observe (nil when none).
+	observe *Observer
 }
 
 // startRuntime starts one runtime instance on the fleet's etcd client.
 func (f *Fleet) startRuntime(id string) error {
-	rt := &runtimeInst{inflight: map[string]map[string]int{}, rolledAway: map[string]map[string]int64{}}
+	rt := &runtimeInst{id: id, inflight: map[string]map[string]int{}, rolledAway: map[string]map[string]int64{},
+		applied: map[string]int64{}, observe: f.cfg.Observe}
 	inst, err := runtime.NewInstance(runtime.InstanceConfig{
 		ID:           id,
 		Client:       f.cfg.Client,
 		Prefix:       f.cfg.Prefix,
 		Logger:       f.cfg.Logger.Named(id),
 		Now:          f.cfg.Now,
-		RefreshEvery: runtimeRefresh,
+		RefreshEvery: f.cfg.RuntimeRefresh,
 		OnApply:      rt.onApply,
 	})
 	if err != nil {
@@ -138,11 +145,15 @@ func (f *Fleet) startRuntime(id string) error {
 // requests it aborts): from then on, Done on a request pinned to the
 // version rolled away from must fail.
 func (rt *runtimeInst) onApply(v routing.View) {
-	if !v.Kind.Aborts() || v.From == "" {
-		return
+	if o := rt.observe; o != nil && o.RuntimeApplied != nil {
+		o.RuntimeApplied(rt.id, v)
 	}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
+	rt.applied[v.Route] = max(rt.applied[v.Route], v.Epoch)
+	if !v.Kind.Aborts() || v.From == "" {
+		return
+	}
 	m := rt.rolledAway[v.Route]
 	if m == nil {
 		m = map[string]int64{}
@@ -151,10 +162,13 @@ func (rt *runtimeInst) onApply(v routing.View) {
 	m[v.From] = max(m[v.From], v.Epoch)
 }
 
-func (rt *runtimeInst) rolledAwayAt(route, version string) int64 {
+// rolledAwayAt returns the epoch of the latest change the instance applied
+// that rolled route away from version, and the highest epoch of route it
+// applied.
+func (rt *runtimeInst) rolledAwayAt(route, version string) (away, applied int64) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	return rt.rolledAway[route][version]
+	return rt.rolledAway[route][version], rt.applied[route]
 }
 
 func (rt *runtimeInst) track(route, version string, d int) {
@@ -285,7 +299,7 @@ func (f *Fleet) request(rt *runtimeInst, route string) {
 		}
 		rt.track(route, req.Version(), 1)
 		defer rt.track(route, req.Version(), -1)
-		err := f.work(ctx, rt, req)
+		err := f.work(ctx, rt, req, attempt)
 		if errors.Is(err, runtime.ErrRolledBack) {
 			f.stats.aborted.Add(1)
 		}
@@ -304,7 +318,7 @@ func (f *Fleet) request(rt *runtimeInst, route string) {
 }
 
 // work is one attempt: the steps with their checkpoints, then Done.
-func (f *Fleet) work(ctx context.Context, rt *runtimeInst, req *runtime.Request) error {
+func (f *Fleet) work(ctx context.Context, rt *runtimeInst, req *runtime.Request, attempt int) error {
 	for range f.cfg.Traffic.Steps {
 		if !sleep(ctx, f.cfg.Traffic.StepDelay) {
 			return ctx.Err()
@@ -315,8 +329,13 @@ func (f *Fleet) work(ctx context.Context, rt *runtimeInst, req *runtime.Request)
 	}
 	// Read before Done: a rollback the instance applied by now must make
 	// Done fail, so passing it anyway is the bug this counter exists for.
-	away := rt.rolledAwayAt(req.Route(), req.Version())
-	if err := req.Done(); err != nil {
+	away, applied := rt.rolledAwayAt(req.Route(), req.Version())
+	err := req.Done()
+	if o := rt.observe; o != nil && o.Finished != nil {
+		o.Finished(Finish{Runtime: rt.id, Route: req.Route(), Version: req.Version(), Epoch: req.Epoch(),
+			Attempt: attempt, Applied: applied, Err: err})
+	}
+	if err != nil {
 		return err
 	}
 	if away > req.Epoch() {
