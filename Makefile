@@ -22,9 +22,12 @@ test:
 	$(GO) vet ./... && \
 	BACKFLIP_PG_BIN="$$pgbin" $(GO) test -race -count=1 -timeout 9m ./...
 
-# make bench: the performance figures (see README), written to bench.txt
-# with the machine they ran on. BENCH=regexp narrows them, BENCH_COUNT=n
-# sets the runs of each (default 3, for benchstat).
+# make bench: the performance figures, written raw to bench.txt with the
+# machine they ran on (benchstat reads it as is), and as a report with
+# targets and verdicts to BENCHMARKS.md (scripts/benchreport). BENCH=regexp
+# narrows them, BENCH_COUNT=n sets the runs of each (default 3, for
+# benchstat); scripts/bench.sh lists the sample-count knobs. About half an
+# hour on two cores with the defaults (10 minutes with BENCH_COUNT=1).
 bench:
 	@pgbin=$$(bash scripts/ensure-postgres.sh) || exit 1; \
 	BACKFLIP_PG_BIN="$$pgbin" GO=$(GO) BENCH='$(BENCH)' BENCH_COUNT=$(BENCH_COUNT) bash scripts/bench.sh

@@ -8,8 +8,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/backflip-dev/backflip/commands"
+	"github.com/backflip-dev/backflip/fleet/runtime"
+	"github.com/backflip-dev/backflip/fleet/warm"
+	"github.com/backflip-dev/backflip/internal/etcdtest"
+	"github.com/backflip-dev/backflip/internal/simfleet"
 )
 
 // BenchmarkSlashAck measures the acknowledgement of a slash command as
@@ -31,7 +40,96 @@ func BenchmarkSlashAck(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchmarkAck(b, h)
+	benchmarkAck(b, h, nil)
+}
+
+// BenchmarkSlashAckBot is BenchmarkSlashAck with the real handler behind
+// the transport: the Bot over a commands Service on a real embedded etcd
+// and a small simulated fleet (4 nodes, 3 routers, 2 runtimes). The command
+// is /rollback without --now, so the ack is the real one: parse, start the
+// pre-flight card's work (authorization, warm check, in-flight count) in
+// the background, answer "Checking chat-70b before rolling back…". The
+// card's work is not part of the ack: between two commands the benchmark
+// waits for it, untimed, so each ack meets an idle bot. The Bot's messages
+// go to a recording Poster, not to a Slack fake with Slack's rate limits.
+//
+//	go test -run '^$' -bench 'BenchmarkSlashAckBot' -benchtime 2000x ./bot/
+func BenchmarkSlashAckBot(b *testing.B) {
+	bt := benchBot(b)
+	h, err := NewHTTPHandler(HTTPConfig{SigningSecret: []byte(httpTestSecret), Handler: bt})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchmarkAck(b, h, bt.Wait)
+}
+
+// benchBot is a Bot over real parts, posting to a recording Poster.
+func benchBot(b *testing.B) *Bot {
+	b.Helper()
+	etcd := etcdtest.Start(b)
+	cli := etcd.Client(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const prefix = "/bench"
+	f, err := simfleet.Start(ctx, simfleet.Config{Client: cli, Prefix: prefix, Nodes: 4, Routes: simfleet.DemoRoutes(), Routers: 3, Runtimes: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(f.Close)
+	checker, err := warm.NewChecker(warm.Config{KV: cli, Prefix: prefix, AgentToken: f.AgentToken(), Timeout: 2 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(checker.Close)
+	sig, err := runtime.NewSignaller(runtime.SignallerConfig{Etcd: cli, Prefix: prefix, Secret: f.RuntimeSecret(), AckTimeout: 10 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(10))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sess.Close() })
+	form := slashForm()
+	svc, err := commands.New(commands.Config{
+		Etcd: cli, Prefix: prefix, Warm: checker, Runtime: sig, Owner: sess,
+		Access: commands.Access{IncidentChannels: []string{form.Get("channel_id")}, RollbackUsers: []string{form.Get("user_id")}},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	bt, err := New(Config{Service: svc, Poster: &benchPoster{}, CardTTL: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = bt.Close(ctx)
+	})
+	return bt
+}
+
+// benchPoster accepts every message at once and counts them.
+type benchPoster struct{ n atomic.Int64 }
+
+func (p *benchPoster) Post(context.Context, string, string, Message) (string, error) {
+	return strconv.FormatInt(p.n.Add(1), 10) + ".000100", nil
+}
+
+func (p *benchPoster) Update(context.Context, string, string, Message) error {
+	p.n.Add(1)
+	return nil
+}
+
+func (p *benchPoster) Ephemeral(context.Context, string, string, Message) error {
+	p.n.Add(1)
+	return nil
+}
+
+func (p *benchPoster) Respond(context.Context, string, Message, bool, bool) error {
+	p.n.Add(1)
+	return nil
 }
 
 // BenchmarkSlashAckFloor is BenchmarkSlashAck's floor: the loopback HTTP
@@ -42,14 +140,15 @@ func BenchmarkSlashAckFloor(b *testing.B) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
-	}))
+	}), nil)
 }
 
 const benchReplyText = "Usage: /rollback <route> <reason ...>"
 
 // benchmarkAck posts b.N signed slash commands to h over loopback, one at
-// a time, and reports the 50th and 99th percentile round trips.
-func benchmarkAck(b *testing.B, h http.Handler) {
+// a time, and reports the 50th and 99th percentile round trips. between,
+// if set, runs untimed after each.
+func benchmarkAck(b *testing.B, h http.Handler, between func()) {
 	secret := []byte(httpTestSecret)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -84,6 +183,11 @@ func benchmarkAck(b *testing.B, h http.Handler) {
 			b.Fatalf("status %d, read error %v", resp.StatusCode, err)
 		}
 		lat = append(lat, d)
+		if between != nil {
+			b.StopTimer()
+			between()
+			b.StartTimer()
+		}
 	}
 	slices.Sort(lat)
 	b.ReportMetric(ackMillis(ackPercentile(lat, 0.50)), "p50-ms")
