@@ -41,11 +41,15 @@ import (
 //     GPU nodes (the real agent, probing every 5 s as its default, over two
 //     simulated inference servers each: chat-70b v42 and v41, 4 GPUs each,
 //     both warm; canary budget 5 s, which only a starved machine reaches),
-//     routers (the reader library, one etcd client — one gRPC connection —
-//     each, publishing routers/<id> under a 10 s lease), and runtime
-//     instances (the SDK, registration refreshed every 10 s) each carrying
-//     synthetic requests of 8 steps of 250 ms (2 s, checkpoint after each
-//     step), started at the rate that keeps the stated number in flight;
+//     routers (the reader library, publishing routers/<id> under a 10 s
+//     lease; one etcd client — one gRPC connection — each, as separate
+//     router processes have, or, where the name says router-processes=10,
+//     100 routers on each of 10 clients, as 10 router processes serving
+//     100 routers each would; that fleet is run with Postgres up only),
+//     and runtime instances (the SDK, registration refreshed every 10 s)
+//     each carrying synthetic requests of 8 steps of 250 ms (2 s,
+//     checkpoint after each step), started at the rate that keeps the
+//     stated number in flight;
 //   - a child process (this test binary again): one bot replica with the
 //     production defaults (WARM_TIMEOUT 2s, ROUTER_CONVERGE_TIMEOUT 5s,
 //     ABORT_ACK_TIMEOUT 10s), its own etcd client, a liveness lease, the
@@ -109,11 +113,14 @@ func BenchmarkRollbackEndToEnd(b *testing.B) {
 	for _, sz := range []benchSize{
 		{nodes: 16, routers: 20, runtimes: 4, inflight: 200},
 		{nodes: 1000, routers: 1000, runtimes: 50, inflight: 10000, steady: true},
+		{nodes: 1000, routers: 1000, routerProcesses: 10, runtimes: 50, inflight: 10000, upOnly: true},
 	} {
 		b.Run(sz.String(), func(b *testing.B) {
 			bf := startBenchFleet(b, sz)
 			b.Run("postgres=up", func(b *testing.B) { bf.rollbacks(b, false) })
-			b.Run("postgres=down", func(b *testing.B) { bf.rollbacks(b, true) })
+			if !sz.upOnly {
+				b.Run("postgres=down", func(b *testing.B) { bf.rollbacks(b, true) })
+			}
 			if sz.steady {
 				b.Run("etcd-steady-state", bf.steadyState)
 			}
@@ -138,12 +145,21 @@ const (
 // benchSize is one fleet the benchmark runs on.
 type benchSize struct {
 	nodes, routers, runtimes, inflight int
-	// steady says whether to measure etcd's steady state on it.
-	steady bool
+	// routerProcesses, when set, spreads the routers over that many router
+	// processes sharing one etcd client (gRPC connection) each; 0 is one
+	// process, so one connection, per router.
+	routerProcesses int
+	// steady says whether to measure etcd's steady state on it; upOnly,
+	// whether to skip the run with Postgres down.
+	steady, upOnly bool
 }
 
 func (s benchSize) String() string {
-	return fmt.Sprintf("nodes=%d,routers=%d,runtimes=%d,inflight=%d", s.nodes, s.routers, s.runtimes, s.inflight)
+	procs := ""
+	if s.routerProcesses > 0 {
+		procs = fmt.Sprintf(",router-processes=%d", s.routerProcesses)
+	}
+	return fmt.Sprintf("nodes=%d,routers=%d%s,runtimes=%d,inflight=%d", s.nodes, s.routers, procs, s.runtimes, s.inflight)
 }
 
 // rps is the rate each runtime starts requests at to keep inflight
@@ -174,7 +190,7 @@ func startBenchFleet(b *testing.B, sz benchSize) *benchFleet {
 	f, err := simfleet.Start(ctx, simfleet.Config{
 		Client: bf.cli, Prefix: fleetPrefix, Nodes: sz.nodes,
 		Routes:  []simfleet.RouteSpec{{Route: benchRoute, Active: "v42", Previous: "v41", PreviousWarm: true, GPUsPerNode: 4}},
-		Routers: sz.routers, RouterLeaseTTL: 10 * time.Second, Runtimes: sz.runtimes,
+		Routers: sz.routers, RouterProcesses: sz.routerProcesses, RouterLeaseTTL: 10 * time.Second, Runtimes: sz.runtimes,
 		Traffic:       simfleet.Traffic{RPS: sz.rps(), Steps: benchSteps, StepDelay: benchStepDelay},
 		ProbeInterval: 5 * time.Second, RuntimeRefresh: runtime.MaxRefreshEvery, StartTimeout: 10 * time.Minute,
 		// The simulated servers answer canaries at once; on two cores

@@ -14,11 +14,14 @@ import (
 	"github.com/backflip-dev/backflip/fleet/routing"
 )
 
-// router is a simulated inference router: its own etcd client, as each
-// router process has in production, and the real reader library.
+// router is a simulated inference router: an etcd client, its own as each
+// router process has in production or its process's (RouterProcesses), and
+// the real reader library.
 type router struct {
 	id     string
 	client *clientv3.Client
+	// shared says client is the router process's, closed by the fleet.
+	shared bool
 	reader *routing.Watcher
 	// crashed silences the router's logger once StopRouter has pulled its
 	// client away: a crashed process logs nothing.
@@ -35,14 +38,27 @@ type appliedAt struct {
 	at    time.Time
 }
 
-// startRouter starts one router. It runs until f.ctx ends or it is stopped.
-func (f *Fleet) startRouter(id string) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: f.cfg.Client.Endpoints(), DialTimeout: 5 * time.Second,
+// routerClient dials an etcd client for a router process.
+func (f *Fleet) routerClient() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{Endpoints: f.cfg.Client.Endpoints(), DialTimeout: 5 * time.Second,
 		DialKeepAliveTime: 5 * time.Second, DialKeepAliveTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return fmt.Errorf("etcd client of %s: %w", id, err)
+}
+
+// startRouter starts router number i (from 0). It runs until f.ctx ends or
+// it is stopped.
+func (f *Fleet) startRouter(id string, i int) error {
+	r := &router{id: id, applied: map[string]appliedAt{}}
+	if n := len(f.routerClients); n > 0 {
+		r.client, r.shared = f.routerClients[i%n], true
+	} else {
+		cli, err := f.routerClient()
+		if err != nil {
+			return fmt.Errorf("etcd client of %s: %w", id, err)
+		}
+		r.client = cli
 	}
-	r := &router{id: id, client: cli, applied: map[string]appliedAt{}}
+	cli := r.client
+	var err error
 	log := f.cfg.Logger.Named(id).WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return gatedCore{Core: c, off: &r.crashed}
 	}))
@@ -56,7 +72,9 @@ func (f *Fleet) startRouter(id string) error {
 		OnApply:  func(v routing.View) { f.applied(r, v) },
 	})
 	if err != nil {
-		_ = cli.Close()
+		if !r.shared {
+			_ = cli.Close()
+		}
 		return err
 	}
 	f.mu.Lock()
@@ -82,7 +100,9 @@ func (f *Fleet) applied(r *router, v routing.View) {
 // router StopRouter crashed, whose client is gone already).
 func (r *router) close() {
 	r.reader.Close()
-	_ = r.client.Close()
+	if !r.shared {
+		_ = r.client.Close()
+	}
 }
 
 // waitRouters waits until every router has published, under routers/<id>,
@@ -154,6 +174,10 @@ func (f *Fleet) StopRouter(id string) error {
 	if r == nil || r.stopped {
 		f.mu.Unlock()
 		return fmt.Errorf("simfleet: no running router %q", id)
+	}
+	if r.shared {
+		f.mu.Unlock()
+		return fmt.Errorf("simfleet: router %q shares its process's etcd client (RouterProcesses): a crash cannot be simulated without stopping the others", id)
 	}
 	r.stopped = true
 	close(f.convC) // the set of routers WaitConverged counts changed

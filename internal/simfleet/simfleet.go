@@ -51,6 +51,13 @@ type Config struct {
 	// Routers is the number of simulated inference routers, with router ids
 	// router-1, router-2, …
 	Routers int
+	// RouterProcesses, when set, is the number of router processes the
+	// routers are spread over, round robin: each has one etcd client (one
+	// gRPC connection) that its routers share, as a process serving many
+	// routes' routers would. 0 (the default) is one process, so one
+	// client, per router. With shared clients StopRouter is refused: it
+	// simulates a crash by pulling the router's client away.
+	RouterProcesses int
 	// RouterLeaseTTL is the routers' registration lease, rounded up to whole
 	// seconds: how long a router StopRouter stopped stays registered before
 	// the bot sees it vanish. Default 3s, so that it is reported lost well
@@ -246,6 +253,8 @@ func (c *Config) check() error {
 		return fmt.Errorf("simfleet: Routers must be 0 to %d, got %d", maxRouters, c.Routers)
 	case c.Runtimes < 0 || c.Runtimes > maxRuntimes:
 		return fmt.Errorf("simfleet: Runtimes must be 0 to %d, got %d", maxRuntimes, c.Runtimes)
+	case c.RouterProcesses < 0 || c.RouterProcesses > max(c.Routers, 1):
+		return fmt.Errorf("simfleet: RouterProcesses must be 0 to Routers (%d), got %d", c.Routers, c.RouterProcesses)
 	case c.RouterLeaseTTL < 0:
 		return fmt.Errorf("simfleet: RouterLeaseTTL must not be negative, got %v", c.RouterLeaseTTL)
 	}
@@ -353,6 +362,9 @@ type Fleet struct {
 	// mu guards the routers' state and convC.
 	mu      sync.Mutex
 	routers []*router
+	// routerClients are the router processes' shared clients
+	// (Config.RouterProcesses); nil when each router has its own.
+	routerClients []*clientv3.Client
 	// convC is closed and replaced whenever a router applies a change, to
 	// wake WaitConverged.
 	convC chan struct{}
@@ -407,8 +419,15 @@ func Start(ctx context.Context, cfg Config) (_ *Fleet, err error) {
 			return nil, fmt.Errorf("simfleet: node %d: %w", i, err)
 		}
 	}
+	for range cfg.RouterProcesses {
+		cli, err := f.routerClient()
+		if err != nil {
+			return nil, fmt.Errorf("simfleet: router process: %w", err)
+		}
+		f.routerClients = append(f.routerClients, cli)
+	}
 	for i := 1; i <= cfg.Routers; i++ {
-		if err := f.startRouter(fmt.Sprintf("router-%d", i)); err != nil {
+		if err := f.startRouter(fmt.Sprintf("router-%d", i), i-1); err != nil {
 			return nil, fmt.Errorf("simfleet: router %d: %w", i, err)
 		}
 	}
@@ -487,6 +506,9 @@ func (f *Fleet) Close() {
 		f.mu.Unlock()
 		for _, r := range routers {
 			r.close()
+		}
+		for _, c := range f.routerClients {
+			_ = c.Close()
 		}
 		// The agents stopped with ctx; closing the simulated servers
 		// releases any probe a hung server still holds, so that the

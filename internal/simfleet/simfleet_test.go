@@ -385,6 +385,52 @@ func TestRestartKeepsRoutes(t *testing.T) {
 	}
 }
 
+// TestRouterProcesses runs 5 routers as 2 router processes: each process's
+// routers share one etcd client, every router still publishes its own
+// record, converges on a flip as the bot counts it, and is withdrawn on
+// Close; a simulated crash is refused, since it would pull the client from
+// under the process's other routers.
+func TestRouterProcesses(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	ctx := testCtx(t)
+	f, err := simfleet.Start(ctx, simfleet.Config{Client: cli, Prefix: prefix, Routes: testRoutes(),
+		Routers: 5, RouterProcesses: 2, Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	keys := routing.Keyspace{Prefix: prefix}
+	if n := count(t, cli, keys.Routers()); n != 5 {
+		t.Fatalf("%d router records, want 5", n)
+	}
+	store := routing.NewStore(cli, prefix, zap.NewNop())
+	cur, err := store.Get(ctx, "chat-70b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := store.Flip(ctx, routing.Change{Route: "chat-70b", Kind: routing.KindRollback, To: "v41",
+		ExpectRev: cur.ModRevision, Seen: &cur, Op: uuid.NewString(), Actor: "test", Reason: "simfleet test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conv, err := routing.WaitConverged(ctx, cli, prefix, "chat-70b", res.Config.Epoch, res.Revision, time.Minute)
+	if err != nil || len(conv.Converged) != 5 || len(conv.Expected) != 5 {
+		t.Fatalf("bot-observed convergence: %v: %d of %d converged (lost %v, pending %v)",
+			err, len(conv.Converged), len(conv.Expected), conv.Lost, conv.Pending)
+	}
+	if c := f.WaitConverged(ctx, "chat-70b", res.Config.Epoch); !c.Done() || c.Routers != 5 {
+		t.Fatalf("fleet-side convergence: %+v", c)
+	}
+	if err := f.StopRouter("router-2"); err == nil || !strings.Contains(err.Error(), "shares its process's etcd client") {
+		t.Fatalf("StopRouter with shared clients: %v, want a refusal", err)
+	}
+	f.Close()
+	if n := count(t, cli, keys.Routers()); n != 0 {
+		t.Fatalf("%d router records left after Close, want 0", n)
+	}
+}
+
 func TestConfigRejected(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	good := func() simfleet.Config { return simfleet.Config{Client: cli, Prefix: prefix, Routes: testRoutes()} }
@@ -395,6 +441,8 @@ func TestConfigRejected(t *testing.T) {
 	}{
 		{"NoClient", func(c *simfleet.Config) { c.Client = nil }, "Client is required"},
 		{"NegativeNodes", func(c *simfleet.Config) { c.Nodes = -1 }, "Nodes must be"},
+		{"MoreProcessesThanRouters", func(c *simfleet.Config) { c.Routers = 2; c.RouterProcesses = 3 }, "RouterProcesses must be"},
+		{"NegativeProcesses", func(c *simfleet.Config) { c.RouterProcesses = -1 }, "RouterProcesses must be"},
 		{"BadRoute", func(c *simfleet.Config) { c.Routes[0].Route = "../etc" }, "route 0"},
 		{"DuplicateRoute", func(c *simfleet.Config) { c.Routes[1].Route = "chat-70b" }, "listed twice"},
 		{"PreviousIsActive", func(c *simfleet.Config) { c.Routes[0].Previous = "v42" }, "previous and active"},

@@ -43,7 +43,19 @@ type anchor struct {
 	bench, unit string
 	ratioUnit   string
 	fixed       []fixedAnchor
+	// floors, when set, is a floor made of parts measured by other
+	// benchmarks of the same run (each one's median, added up), printed
+	// before the fixed anchors.
+	floors *floorSum
 }
+
+// floorSum is a floor added up from other benchmarks' floors.
+type floorSum struct {
+	text  string
+	parts []floorPart
+}
+
+type floorPart struct{ label, bench, unit string }
 
 type fixedAnchor struct {
 	text string
@@ -83,6 +95,7 @@ func (t *target) check(r *results, f figure) (ok, known bool) {
 
 const (
 	e2eBig   = "BenchmarkRollbackEndToEnd/nodes=1000,routers=1000,runtimes=50,inflight=10000"
+	e2eProcs = "BenchmarkRollbackEndToEnd/nodes=1000,routers=1000,router-processes=10,runtimes=50,inflight=10000"
 	e2eSmall = "BenchmarkRollbackEndToEnd/nodes=16,routers=20,runtimes=4,inflight=200"
 	runbook  = 90_000.0 // ms
 )
@@ -169,26 +182,36 @@ func figures() []figure {
 			cmd:   "go test -run '^$' -bench WarmCheck -benchtime 30x ./fleet/warm/",
 		},
 	)
+	// The phases' floors, measured by the fan-out benchmarks of the same
+	// run: the warm check's 1000 GETs alone, and the raw round trip to the
+	// routers (a raw watch event to every router, each putting an
+	// acknowledgement that the writer watches back).
+	floorsFor := func(clients string) *floorSum {
+		return &floorSum{text: "the warm and routers phases' raw floors (same run)", parts: []floorPart{
+			{"1000 GETs", "BenchmarkWarmCheck/all-healthy", "floor-p50-ms"},
+			{"raw watch-and-ack round trip", "BenchmarkFlipToLastWatcher/routers=1000,clients=" + clients, "raw-acked-p50-ms"},
+		}}
+	}
 	for _, v := range []struct {
-		size, label, sub string
-		main             bool
+		size, label, sub, short string
+		floors                  *floorSum
+		main                    bool
 	}{
-		{e2eBig, "1000 GPU nodes, 1000 routers, 50 runtimes, 10,000 requests in flight", "postgres=up", true},
-		{e2eBig, "1000 GPU nodes, 1000 routers, 50 runtimes, 10,000 requests in flight, Postgres down", "postgres=down", true},
-		{e2eSmall, "16 nodes, 20 routers, 4 runtimes, 200 in flight", "postgres=up", false},
+		{e2eBig, "1000 GPU nodes, 1000 routers (one process, so one etcd connection, each), 50 runtimes, 10,000 requests in flight", "postgres=up",
+			"rollback end to end, 1000 nodes/routers, 50 runtimes, 10k in flight", floorsFor("1000"), true},
+		{e2eBig, "1000 GPU nodes, 1000 routers (one process each), 50 runtimes, 10,000 requests in flight, Postgres down", "postgres=down",
+			"rollback end to end, 1000 nodes/routers, 50 runtimes, 10k in flight, Postgres down", floorsFor("1000"), true},
+		{e2eProcs, "1000 GPU nodes, 1000 routers as 10 router processes × 100 (10 etcd connections), 50 runtimes, 10,000 requests in flight", "postgres=up",
+			"rollback end to end, 1000 nodes, 1000 routers as 10 processes × 100, 50 runtimes, 10k in flight", floorsFor("10"), true},
+		{e2eSmall, "16 nodes, 20 routers, 4 runtimes, 200 in flight", "postgres=up",
+			"rollback end to end, 16 nodes, 20 routers, 4 runtimes", nil, false},
 	} {
-		short := "rollback end to end, 1000 nodes/routers, 50 runtimes, 10k in flight"
-		if v.sub == "postgres=down" {
-			short += ", Postgres down"
-		}
-		if !v.main {
-			short = "rollback end to end, 16 nodes, 20 routers, 4 runtimes"
-		}
+		short := v.short
 		f := figure{
 			name:  "Rollback end to end without the runtime's re-issue work (command → routers converged → abort acks → audit queued), " + v.label,
 			short: short, bench: v.size + "/" + v.sub, head: "p50-ms",
 			shown: []part{pt("p50 ", "p50-ms", " ms"), pt("p99 ", "p99-ms", " ms")},
-			cmp:   anchor{fixed: coldStart},
+			cmp:   anchor{fixed: coldStart, floors: v.floors},
 			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/" + strings.TrimPrefix(v.size, "BenchmarkRollbackEndToEnd/") + "' -benchtime 20x -timeout 60m ./commands/",
 		}
 		if v.main {
@@ -205,6 +228,7 @@ func figures() []figure {
 			pt("aborted and re-issued ", "aborted/op", " per rollback"), pt("audit events waiting ", "audit-backlog", ""),
 			pt("rollbacks refused ", "refused", ""), pt("degraded ", "degraded", "")}
 		full.tgt = nil
+		full.cmp.floors = nil // the floors leave out the re-issues
 		fs = append(fs, full)
 	}
 	fs = append(fs,
@@ -212,7 +236,7 @@ func figures() []figure {
 			name: "Bot replica memory after the rollbacks at 1000 nodes/routers, 50 runtimes (its own process)", short: "bot memory at that size",
 			bench: e2eBig + "/postgres=up", head: "bot-heap-MB",
 			shown: []part{pt("heap in use ", "bot-heap-MB", " MB"), pt("peak heap ", "bot-peak-heap-MB", " MB"), pt("peak RSS ", "bot-rss-MB", " MB")},
-			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000' -benchtime 20x -timeout 60m ./commands/",
+			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000,routers=1000,runtimes/postgres=up' -benchtime 20x -timeout 60m ./commands/",
 		},
 		figure{
 			name: "Agent memory, one node with 2 inference servers", short: "agent memory, 2 servers",
@@ -230,13 +254,13 @@ func figures() []figure {
 			name: "etcd steady state with that fleet (1000 agents, 1000 routers, 50 runtimes with 10,000 in flight; no rollback): revisions", short: "etcd revisions, steady state",
 			bench: e2eBig + "/etcd-steady-state", head: "revs/s",
 			shown: []part{pt("", "revs/s", " revisions/s")},
-			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000.*/etcd-steady-state' -benchtime 20x -timeout 60m ./commands/",
+			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000,routers=1000,runtimes/etcd-steady-state' -benchtime 20x -timeout 60m ./commands/",
 		},
 		figure{
 			name: "etcd steady state with that fleet: growth per hour (measured over the window, extrapolated)", short: "etcd growth per hour, steady state",
 			bench: e2eBig + "/etcd-steady-state", head: "write-MB/h",
 			shown: []part{pt("written ", "write-MB/h", " MB/h"), pt("db file ", "db-MB/h", " MB/h"), pt("db in use ", "db-inuse-MB/h", " MB/h"), pt("db at the end ", "db-MB", " MB")},
-			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000.*/etcd-steady-state' -benchtime 20x -timeout 60m ./commands/",
+			cmd:   "go test -run '^$' -bench 'RollbackEndToEnd/nodes=1000,routers=1000,runtimes/etcd-steady-state' -benchtime 20x -timeout 60m ./commands/",
 		},
 		figure{
 			name: "Slack slash-command ack, signed HTTP on loopback, real Bot handler (/rollback → pre-flight card started)", short: "Slack ack, real handler",
@@ -312,6 +336,28 @@ func (f figure) against(r *results) (anchorText, ratio string) {
 		return anchorText, "—"
 	case len(a.fixed) > 0:
 		var texts, ratios []string
+		if fs := a.floors; fs != nil {
+			var sum float64
+			var shown []string
+			all := true
+			for _, p := range fs.parts {
+				st, ok := r.stat(p.bench, p.unit)
+				if !ok {
+					all = false
+					break
+				}
+				sum += st.med
+				shown = append(shown, p.label+" "+num(st.med)+" ms")
+			}
+			if all {
+				texts = append(texts, fs.text+": "+num(sum)+" ms ("+strings.Join(shown, " + ")+")")
+				if haveHead && sum > 0 {
+					ratios = append(ratios, num(head.med/sum)+"×")
+				}
+			} else {
+				texts = append(texts, fs.text+": not run")
+			}
+		}
 		for _, fx := range a.fixed {
 			texts = append(texts, fx.text)
 			if !haveHead {
