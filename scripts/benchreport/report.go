@@ -235,11 +235,15 @@ var methods = []string{
 	"**Rollback end to end** (`commands` `BenchmarkRollbackEndToEnd`): the bot replica runs in a child process (the test binary) with production defaults " +
 		"(WARM_TIMEOUT 2s, ROUTER_CONVERGE_TIMEOUT 5s, ABORT_ACK_TIMEOUT 10s), its audit shipper and a Postgres (or, for *Postgres down*, a pool whose server " +
 		"refuses connections); the benchmark process holds the embedded etcd and the simulated fleet: real agents probing two simulated inference servers each " +
-		"every 5 s, routers with one etcd client each, runtime SDK instances whose synthetic requests (8 steps of 250 ms, a checkpoint after each) are started at " +
+		"every 5 s, routers (one etcd client each, as separate router processes have; or, where the name says `router-processes=10`, 100 routers on each of 10 clients, " +
+		"as 10 router processes serving 100 routers each would), runtime SDK instances whose synthetic requests (8 steps of 250 ms, a checkpoint after each) are started at " +
 		"the rate that keeps the stated number in flight. Every rollback aborts all of them and they are re-issued. The headline leaves out the runtime's own " +
 		"re-issue work: it is the full call less the part of the in-flight phase after the last runtime's abort acknowledgement (seen by a watch in the benchmark " +
 		"process; or after the phase's start, when every acknowledgement was in before it), which only waits for the re-issued requests to finish. " +
-		"One unmeasured rollback first dials every agent. The bot and the fleet share the machine's cores.",
+		"One unmeasured rollback first dials every agent. The bot and the fleet share the machine's cores. The end-to-end figures are also judged against " +
+		"the sum of two floors from the same `make bench` run, the parts of a rollback that no implementation on this etcd and this fleet can skip: the warm " +
+		"check's 1000 GETs alone, and the raw round trip to the routers (a raw watch event to each, each putting an acknowledgement the writer watches back) " +
+		"in the same router topology.",
 	"**Memory**: *bot* is the bot child process's own `runtime.MemStats.HeapInuse` after two GCs once its rollbacks are done (Service, warm Checker with its " +
 		"pooled connections to 1000 agents, Signaller, shipper, etcd client, and the test binary's runtime), the peak heap sampled every 5 ms while they ran, " +
 		"and its peak RSS (VmHWM). *agent* (`fleet/agent` `BenchmarkAgentMemory`) is the heap in use after two GCs with one real agent running (probers, HTTP API, " +
