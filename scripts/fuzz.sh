@@ -75,9 +75,31 @@ for t in "${targets[@]}"; do
 	before=$(files)
 	echo "=== $name ($pkg, $fuzztime)"
 	log=$(mktemp)
-	if $GO test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" \
-		-timeout "$timeout" "$pkg" >"$log" 2>&1; then
-		tail -n 3 "$log" | grep -v '^ok' || true
+	passed=false
+	for try in 1 2; do
+		if $GO test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime "$minimize" \
+			-timeout "$timeout" "$pkg" >"$log" 2>&1; then
+			tail -n 3 "$log" | grep -v '^ok' || true
+			passed=true
+			break
+		fi
+		# Go 1.26's fuzz coordinator can fail a target with a bare "context deadline exceeded" at
+		# the -fuzztime boundary, a race in the toolchain (go.dev/issue/75804, fixed in Go 1.27),
+		# not a finding: no input is saved. Such a run is tried once more; a second one in a row
+		# counts as a run that reached its time, with a warning.
+		if [[ -n $(comm -13 <(printf '%s\n' "$before") <(files) || true) ]] ||
+			! grep -A1 -E -- "^--- FAIL: $name \([0-9.]+s\)\$" "$log" | tail -n 1 |
+			grep -q -E '^\s+context deadline exceeded$'; then
+			break
+		fi
+		if ((try == 2)); then
+			echo "fuzz: warning: $name ended twice with Go's bare 'context deadline exceeded' at -fuzztime and no failing input (go.dev/issue/75804); counted as run"
+			passed=true
+		else
+			echo "fuzz: $name ended with Go's bare 'context deadline exceeded' and no failing input (go.dev/issue/75804): once more"
+		fi
+	done
+	if $passed; then
 		rm -f "$log"
 		continue
 	fi
