@@ -253,7 +253,7 @@ func (c *Config) check() error {
 		return fmt.Errorf("simfleet: Routers must be 0 to %d, got %d", maxRouters, c.Routers)
 	case c.Runtimes < 0 || c.Runtimes > maxRuntimes:
 		return fmt.Errorf("simfleet: Runtimes must be 0 to %d, got %d", maxRuntimes, c.Runtimes)
-	case c.RouterProcesses < 0 || c.RouterProcesses > max(c.Routers, 1):
+	case c.RouterProcesses < 0 || c.RouterProcesses > c.Routers:
 		return fmt.Errorf("simfleet: RouterProcesses must be 0 to Routers (%d), got %d", c.Routers, c.RouterProcesses)
 	case c.RouterLeaseTTL < 0:
 		return fmt.Errorf("simfleet: RouterLeaseTTL must not be negative, got %v", c.RouterLeaseTTL)
