@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
-	"runtime/metrics"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +29,7 @@ import (
 	"github.com/backflip-dev/backflip/fleet/runtime"
 	"github.com/backflip-dev/backflip/fleet/warm"
 	"github.com/backflip-dev/backflip/internal/etcdtest"
+	"github.com/backflip-dev/backflip/internal/heapsample"
 	"github.com/backflip-dev/backflip/internal/simfleet"
 )
 
@@ -516,7 +516,7 @@ func runBenchBot(b *testing.B, raw string) {
 	}
 
 	var out benchBotResult
-	stop := sampleHeapEvery(5 * time.Millisecond)
+	stop := heapsample.Peak(5 * time.Millisecond)
 	for range spec.Samples {
 		out.Samples = append(out.Samples, rollback())
 	}
@@ -597,42 +597,6 @@ func (a *abortAcks) last(op string) (time.Time, int) {
 		}
 	}
 	return t, len(a.first[op])
-}
-
-// sampleHeapEvery samples the heap in use (without stopping the world)
-// until the returned function is called, which returns the highest sample.
-func sampleHeapEvery(interval time.Duration) func() uint64 {
-	read := func() uint64 {
-		s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
-		metrics.Read(s)
-		var sum uint64
-		for _, v := range s {
-			if v.Value.Kind() == metrics.KindUint64 {
-				sum += v.Value.Uint64()
-			}
-		}
-		return sum
-	}
-	done := make(chan struct{})
-	var top uint64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			top = max(top, read())
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return func() uint64 {
-		close(done)
-		wg.Wait()
-		return max(top, read())
-	}
 }
 
 // procStatusBytes reads a "kB" field of /proc/self/status (0 when absent).

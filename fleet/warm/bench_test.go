@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"runtime"
-	"runtime/metrics"
 	"slices"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/backflip-dev/backflip/fleet/fleetapi"
 	"github.com/backflip-dev/backflip/fleet/routing"
 	"github.com/backflip-dev/backflip/internal/etcdtest"
+	"github.com/backflip-dev/backflip/internal/heapsample"
 )
 
 // BenchmarkWarmCheck is the pre-flight warm check across a 1000-node fleet:
@@ -145,10 +145,10 @@ func benchCheck(b *testing.B, c *Checker, route string, nodes, wantWarm int, flo
 	for range b.N {
 		b.StopTimer()
 		runtime.GC()
-		base := heapInUse()
+		base := heapsample.InUse()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
-		stop := sampleHeap(time.Millisecond)
+		stop := heapsample.Peak(time.Millisecond)
 		b.StartTimer()
 
 		lat = append(lat, check())
@@ -228,42 +228,3 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// heapInUse is what runtime.MemStats calls HeapInuse, read without
-// stopping the world.
-func heapInUse() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
-	metrics.Read(s)
-	var sum uint64
-	for _, v := range s {
-		if v.Value.Kind() == metrics.KindUint64 {
-			sum += v.Value.Uint64()
-		}
-	}
-	return sum
-}
-
-// sampleHeap samples heapInUse every interval until the returned function
-// is called, which returns the highest sample.
-func sampleHeap(interval time.Duration) func() uint64 {
-	done := make(chan struct{})
-	var top uint64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			top = max(top, heapInUse())
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return func() uint64 {
-		close(done)
-		wg.Wait()
-		return max(top, heapInUse())
-	}
-}
