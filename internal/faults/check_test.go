@@ -314,8 +314,7 @@ func auditKindOf(k callKind) audit.Kind {
 // after the jump.
 func (e *env) checkDone(changes map[string][]change) {
 	t := e.t
-	e.obs.mu.Lock()
-	defer e.obs.mu.Unlock()
+	rec := e.obs.Record()
 	byEpoch := map[string]map[int64]routing.RouteConfig{}
 	for route, cs := range changes {
 		m := map[int64]routing.RouteConfig{}
@@ -326,7 +325,7 @@ func (e *env) checkDone(changes map[string][]change) {
 	}
 	type key struct{ runtime, route string }
 	applied := map[key][]routing.View{}
-	for id, vs := range e.obs.runtimes {
+	for id, vs := range rec.Runtimes {
 		for _, v := range vs {
 			if v.Active != "" {
 				applied[key{id, v.Route}] = append(applied[key{id, v.Route}], v)
@@ -334,7 +333,7 @@ func (e *env) checkDone(changes map[string][]change) {
 		}
 	}
 	passed, refused, violations := 0, 0, 0
-	for _, f := range e.obs.finishes {
+	for _, f := range rec.Finishes {
 		if f.Err != nil {
 			refused++
 			continue
@@ -372,9 +371,8 @@ func (e *env) checkDone(changes map[string][]change) {
 // epochs in increasing order (a reader may skip epochs, never go back).
 func (e *env) checkReaders() {
 	t := e.t
-	e.obs.mu.Lock()
-	defer e.obs.mu.Unlock()
-	for what, byID := range map[string]map[string][]routing.View{"router": e.obs.routers, "runtime": e.obs.runtimes} {
+	rec := e.obs.Record()
+	for what, byID := range map[string]map[string][]routing.View{"router": rec.Routers, "runtime": rec.Runtimes} {
 		for _, id := range sortedKeys(byID) {
 			last := map[string]int64{}
 			for _, v := range byID[id] {

@@ -116,9 +116,7 @@ func TestCompactionDuringWatches(t *testing.T) {
 
 	// The cut-off watchers could not resume: they read everything again,
 	// which shows as an epoch skipped by every router.
-	e.obs.mu.Lock()
-	defer e.obs.mu.Unlock()
-	for id, vs := range e.obs.routers {
+	for id, vs := range e.obs.Record().Routers {
 		jumps := 0
 		last := map[string]int64{}
 		for _, v := range vs {
@@ -152,10 +150,8 @@ func (e *env) flipOnce(r *replica, i int, route string) *call {
 
 // routersAt returns, by route, the highest epoch any router has applied.
 func (e *env) routersAt() map[string]int64 {
-	e.obs.mu.Lock()
-	defer e.obs.mu.Unlock()
 	out := map[string]int64{}
-	for _, vs := range e.obs.routers {
+	for _, vs := range e.obs.Record().Routers {
 		last := map[string]int64{}
 		for _, v := range vs {
 			last[v.Route] = v.Epoch

@@ -101,7 +101,7 @@ type env struct {
 	cl    *etcdtest.Cluster
 	admin *clientv3.Client // the harness's own client: reads, compaction
 	fleet *simfleet.Fleet
-	obs   *observer
+	obs   *simfleet.Recorder
 	db    *pgxpool.Pool
 	log   *zap.Logger
 	rec   *recorder
@@ -145,7 +145,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		t:      t,
 		sz:     sizing(t),
 		log:    zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel)),
-		obs:    newObserver(),
+		obs:    simfleet.NewRecorder(),
 		specs:  o.routes,
 		coldOK: func(string, string) bool { return true },
 	}
@@ -171,7 +171,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		Client: fleetCli, Prefix: prefix, Nodes: o.nodes, Routes: o.routes,
 		Routers: o.routers, Runtimes: o.runtimes,
 		Traffic: simfleet.Traffic{RPS: o.rps, Steps: 4, StepDelay: 5 * time.Millisecond},
-		Logger:  e.log.Named("fleet"), Observe: e.obs.hooks(),
+		Logger:  e.log.Named("fleet"), Observe: e.obs.Observer(),
 	})
 	if err != nil {
 		t.Fatalf("start the simulated fleet: %v", err)
@@ -600,38 +600,6 @@ func (r *recorder) snapshot() (map[string][]change, error) {
 		out[k] = append([]change(nil), v...)
 	}
 	return out, r.err
-}
-
-// observer collects what the fleet's routers and runtimes did.
-type observer struct {
-	mu       sync.Mutex
-	routers  map[string][]routing.View // by router, in order applied
-	runtimes map[string][]routing.View // by runtime instance
-	finishes []simfleet.Finish
-}
-
-func newObserver() *observer {
-	return &observer{routers: map[string][]routing.View{}, runtimes: map[string][]routing.View{}}
-}
-
-func (o *observer) hooks() *simfleet.Observer {
-	return &simfleet.Observer{
-		RouterApplied: func(id string, v routing.View) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.routers[id] = append(o.routers[id], v)
-		},
-		RuntimeApplied: func(id string, v routing.View) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.runtimes[id] = append(o.runtimes[id], v)
-		},
-		Finished: func(f simfleet.Finish) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.finishes = append(o.finishes, f)
-		},
-	}
 }
 
 // opRecords reads every op record.

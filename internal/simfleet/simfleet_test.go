@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -80,7 +79,7 @@ func TestFleet(t *testing.T) {
 	cli := srv.Client(t)
 	ctx := testCtx(t)
 	store := routing.NewStore(cli, prefix, zap.NewNop())
-	obs := &observed{routers: map[string][]routing.View{}, runtimes: map[string][]routing.View{}}
+	obs := simfleet.NewRecorder()
 
 	start := time.Now()
 	f, err := simfleet.Start(ctx, simfleet.Config{
@@ -95,7 +94,7 @@ func TestFleet(t *testing.T) {
 		// About 20 requests of about 200 ms in flight per runtime.
 		Traffic: simfleet.Traffic{RPS: 100, Steps: 20, StepDelay: 10 * time.Millisecond},
 		Logger:  zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-		Observe: obs.hooks(),
+		Observe: obs.Observer(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +277,7 @@ func TestFleet(t *testing.T) {
 		if st.CompletedOnRolledBack != 0 || st.Failed != 0 || st.Completed == 0 || st.Completed != st.Started {
 			t.Errorf("stats %+v: want every request completed, none on the rolled-back version", st)
 		}
-		obs.check(t, "chat-70b", res.Config.Epoch, "v42", st)
+		checkRecord(t, obs.Record(), "chat-70b", res.Config.Epoch, "v42", st)
 		for _, route := range []string{"chat-70b", "embed-small"} {
 			if n := f.InFlight(route); len(n) != 0 {
 				t.Errorf("%s still in flight after StopTraffic: %v", route, n)
@@ -488,43 +487,13 @@ func BenchmarkStart(b *testing.B) {
 	b.ReportMetric(float64(closing.Milliseconds())/float64(b.N), "close-ms/op")
 }
 
-// observed is what a fleet's Observer reported.
-type observed struct {
-	mu       sync.Mutex
-	routers  map[string][]routing.View
-	runtimes map[string][]routing.View
-	finishes []simfleet.Finish
-}
-
-func (o *observed) hooks() *simfleet.Observer {
-	return &simfleet.Observer{
-		RouterApplied: func(id string, v routing.View) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.routers[id] = append(o.routers[id], v)
-		},
-		RuntimeApplied: func(id string, v routing.View) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.runtimes[id] = append(o.runtimes[id], v)
-		},
-		Finished: func(f simfleet.Finish) {
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.finishes = append(o.finishes, f)
-		},
-	}
-}
-
-// check checks what the observer saw of a rollback of route to epoch away
-// from version against the traffic's final stats: every router and runtime
+// checkRecord checks what a Recorder saw of a rollback of route to epoch
+// away from version against the traffic's final stats: every router and runtime
 // applied it, one passing Done per completed request, and none on version
 // after its runtime applied the rollback.
-func (o *observed) check(t *testing.T, route string, epoch int64, from string, st simfleet.Stats) {
+func checkRecord(t *testing.T, rec simfleet.Record, route string, epoch int64, from string, st simfleet.Stats) {
 	t.Helper()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for what, by := range map[string]map[string][]routing.View{"router": o.routers, "runtime": o.runtimes} {
+	for what, by := range map[string]map[string][]routing.View{"router": rec.Routers, "runtime": rec.Runtimes} {
 		if len(by) == 0 {
 			t.Errorf("no %s applied anything", what)
 		}
@@ -537,7 +506,7 @@ func (o *observed) check(t *testing.T, route string, epoch int64, from string, s
 		}
 	}
 	passed, refused := 0, 0
-	for _, f := range o.finishes {
+	for _, f := range rec.Finishes {
 		if f.Attempt < 1 {
 			t.Errorf("finish %+v", f)
 		}
